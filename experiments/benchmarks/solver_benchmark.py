@@ -1,0 +1,230 @@
+"""Solver and backward-mode benchmark on a transformer-block-sized map (CPU).
+
+The map is the attractor head f(params, y, c) = c + R(y + c), where R is the
+residual branch of one gated pre-norm transformer block: RMSNorm, causal
+multi-head attention (manual softmax: it compiles faster on CPU than
+jax.nn.dot_product_attention) and a ReLU^2 MLP, both outputs scaled per
+channel by a gate.
+The state y is [batch, seq, width]; each batch row is one example.
+
+Table 1: forward solves to tolerance with picard, anderson and broyden, on a
+  fast-contracting map (small gate) and a slowly contracting one (larger
+  gate): map evaluations, mean iterations, converged fraction, final residual
+  and the median wall time of the jitted solve.
+Table 2: one jitted gradient step (loss = mean(y*^2), gradient w.r.t. params
+  and c) for backward in (implicit, onestep, unrolled) and max_iter in
+  (4, 16, 64), every solve forced to run exactly max_iter steps (min_iter =
+  max_iter and a tolerance no solve reaches, forward and backward). Times are
+  measured round-robin over configurations; ratios are relative to implicit
+  at max_iter 4, measured in the same run.
+
+Run from the repository root:
+
+  python experiments/benchmarks/solver_benchmark.py          # ~1-2 min, 2 CPUs
+  python experiments/benchmarks/solver_benchmark.py --quick  # smoke, <30 s
+
+--quick shrinks the sizes, runs only the slow map in Table 1 and max_iter 2
+in Table 2 (compilation dominates at that size); explicit flags override it.
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import attractor_jax
+from attractor_jax.solvers import probe as probe_lib
+
+SOLVERS = ("picard", "anderson", "broyden")
+BACKWARDS = ("implicit", "onestep", "unrolled")
+
+
+def init_params(key, width, mlp, gate):
+  """Weights of one pre-norm block; `gate` scales attention and MLP outputs."""
+  keys = jax.random.split(key, 6)
+  def dense(k, n_in, n_out):
+    return jax.random.normal(k, (n_in, n_out), jnp.float32) / np.sqrt(n_in)
+  return {
+      "norm1": jnp.ones((width,)), "norm2": jnp.ones((width,)),
+      "wq": dense(keys[0], width, width), "wk": dense(keys[1], width, width),
+      "wv": dense(keys[2], width, width), "wo": dense(keys[3], width, width),
+      "w_up": dense(keys[4], width, mlp), "w_down": dense(keys[5], mlp, width),
+      "gate_attn": jnp.full((width,), gate),
+      "gate_mlp": jnp.full((width,), gate),
+  }
+
+
+def rms_norm(x, scale, eps=1e-5):
+  """RMSNorm over the last axis."""
+  return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + eps) * scale
+
+
+def make_map(heads):
+  """f(params, y, c) = c + R(y + c) with R the block's residual branch."""
+  def attention(p, x):
+    b, n, d = x.shape
+    split = lambda w: (x @ w).reshape(b, n, heads, d // heads)
+    q, k, v = split(p["wq"]), split(p["wk"]), split(p["wv"])
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d // heads)
+    scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, -1e30)
+    out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), v)
+    return out.reshape(b, n, d) @ p["wo"]
+
+  def residual_branch(p, x):
+    a = p["gate_attn"] * attention(p, rms_norm(x, p["norm1"]))
+    h = rms_norm(x + a, p["norm2"]) @ p["w_up"]
+    m = p["gate_mlp"] * (jnp.square(jax.nn.relu(h)) @ p["w_down"])
+    return a + m
+
+  def f(params, y, c):
+    return c + residual_branch(params, y + c)
+  return f
+
+
+def timed(fn, args, repeats):
+  """Median wall seconds of fn(*args) after one warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def solver_table(f, params, c, args):
+  """Table 1: forward solves to tolerance for each solver."""
+  rows = {}
+  for solver in SOLVERS:
+    solve = jax.jit(lambda p, cc, s=solver: attractor_jax.fixed_point(
+        f, p, cc, cc, solver=s, max_iter=args.max_iter, tol=args.tol))
+    _, stats = solve(params, c)
+    rows[solver] = {
+        "f_evals": int(stats.num_f_evals),
+        "iterations": float(jnp.mean(stats.iterations)),
+        "converged": float(jnp.mean(stats.converged)),
+        "residual": float(jnp.max(stats.residual)),
+        "seconds": timed(solve, (params, c), args.repeats),
+    }
+  return rows
+
+
+def make_grad_step(f, backward, max_iter):
+  """jit(grad) of mean(y*^2) w.r.t. (params, c, probe); aux: fwd iterations."""
+  def loss(params, c, probe):
+    y, stats = attractor_jax.fixed_point(
+        f, params, c, c, backward=backward, max_iter=max_iter,
+        min_iter=max_iter, tol=1e-30, backward_tol=1e-30,
+        on_backward_failure="ignore", backward_probe=probe)
+    return jnp.mean(jnp.square(y)), stats.iterations
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+def backward_table(f, params, c, args):
+  """Table 2: gradient step time and temp memory per backward mode/max_iter."""
+  probe = attractor_jax.backward_probe()
+  steps, rows = {}, {}
+  for backward in BACKWARDS:
+    for max_iter in args.grad_iters:
+      key = (backward, max_iter)
+      step = make_grad_step(f, backward, max_iter)
+      memory = step.lower(params, c, probe).compile().memory_analysis()
+      grads, fwd_its = jax.block_until_ready(step(params, c, probe))  # warm up
+      bwd = probe_lib.backward_stats(grads[2])
+      steps[key] = step
+      rows[key] = {
+          "temp_bytes": None if memory is None else memory.temp_size_in_bytes,
+          "fwd_iterations": float(jnp.mean(fwd_its)),
+          "bwd_iterations": float(bwd.mean_iterations), "times": []}
+  for _ in range(args.repeats):  # round-robin, so drift hits every row alike
+    for key, step in steps.items():
+      start = time.perf_counter()
+      jax.block_until_ready(step(params, c, probe))
+      rows[key]["times"].append(time.perf_counter() - start)
+  for row in rows.values():
+    row["seconds"] = float(np.median(row.pop("times")))
+  return rows
+
+
+def print_solver_table(name, rows, args):
+  """Prints Table 1 for one map."""
+  print(f"\nTable 1 ({name} map): solve to tol {args.tol:g}, "
+        f"max_iter {args.max_iter}")
+  print(f"{'solver':<10}{'f_evals':>9}{'mean it':>9}{'conv':>7}"
+        f"{'max resid':>11}{'time ms':>10}")
+  for solver, r in rows.items():
+    print(f"{solver:<10}{r['f_evals']:>9d}{r['iterations']:>9.1f}"
+          f"{r['converged']:>7.2f}{r['residual']:>11.2e}"
+          f"{1e3 * r['seconds']:>10.1f}")
+
+
+def print_backward_table(rows, args):
+  """Prints Table 2 with ratios to implicit at the smallest max_iter."""
+  base = rows[("implicit", args.grad_iters[0])]
+  print(f"\nTable 2: jit(grad) step, solver anderson, exactly max_iter steps; "
+        f"ratios vs implicit@{args.grad_iters[0]}")
+  print(f"{'backward':<10}{'max_iter':>9}{'fwd it':>8}{'bwd it':>8}"
+        f"{'time ms':>10}"
+        f"{'x time':>8}{'temp MiB':>10}{'x mem':>8}")
+  for (backward, max_iter), r in rows.items():
+    bwd_it = f"{r['bwd_iterations']:.0f}" if backward == "implicit" else "-"
+    if r["temp_bytes"] is None or not base["temp_bytes"]:
+      mem, mem_ratio = "n/a", "n/a"
+    else:
+      mem = f"{r['temp_bytes'] / 2**20:.2f}"
+      mem_ratio = f"{r['temp_bytes'] / base['temp_bytes']:.2f}"
+    print(f"{backward:<10}{max_iter:>9d}{r['fwd_iterations']:>8.0f}{bwd_it:>8}"
+          f"{1e3 * r['seconds']:>10.1f}"
+          f"{r['seconds'] / base['seconds']:>8.2f}{mem:>10}{mem_ratio:>8}")
+
+
+def parse_args(argv):
+  """Command-line flags; --quick shrinks everything for a smoke test."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--seq", type=int, default=64)
+  parser.add_argument("--width", type=int, default=128)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--mlp", type=int, default=512)
+  parser.add_argument("--gate", type=float, default=0.1)
+  parser.add_argument("--slow_gate", type=float, default=2.0)
+  parser.add_argument("--maps", nargs="+", default=["fast", "slow"],
+                      choices=["fast", "slow"])
+  parser.add_argument("--tol", type=float, default=1e-4)
+  parser.add_argument("--max_iter", type=int, default=200)
+  parser.add_argument("--grad_iters", type=int, nargs="+", default=[4, 16, 64])
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--quick", action="store_true")
+  if parser.parse_args(argv).quick:  # new defaults; explicit flags still win
+    parser.set_defaults(batch=2, seq=16, width=32, heads=2, mlp=64,
+                        max_iter=50, maps=["slow"], grad_iters=[2], repeats=2)
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  """Runs both benchmarks, prints the tables and returns the numbers."""
+  args = parse_args(argv)
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; "
+        f"batch {args.batch}, seq {args.seq}, width {args.width}, "
+        f"heads {args.heads}, mlp {args.mlp}")
+  f = make_map(args.heads)
+  key_p, key_c = jax.random.split(jax.random.PRNGKey(args.seed))
+  c = jax.random.normal(key_c, (args.batch, args.seq, args.width), jnp.float32)
+  results = {"args": vars(args), "solvers": {}}
+  for name in args.maps:
+    gate = args.gate if name == "fast" else args.slow_gate
+    params = init_params(key_p, args.width, args.mlp, gate)
+    rows = solver_table(f, params, c, args)
+    print_solver_table(f"{name}, gate {gate:g}", rows, args)
+    results["solvers"][name] = rows
+  params = init_params(key_p, args.width, args.mlp, args.gate)
+  results["backward"] = backward_table(f, params, c, args)
+  print_backward_table(results["backward"], args)
+  return results
+
+
+if __name__ == "__main__":
+  main()

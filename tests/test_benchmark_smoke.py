@@ -1,0 +1,36 @@
+"""The README's main job (the solver benchmark) runs and measures sensibly."""
+
+import importlib.util
+import math
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+  path = ROOT / "experiments" / "benchmarks" / "solver_benchmark.py"
+  spec = importlib.util.spec_from_file_location("solver_benchmark", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_quick_benchmark_reports_consistent_numbers(capsys):
+  results = load_benchmark().main(["--quick", "--grad_iters", "2", "6"])
+  printed = capsys.readouterr().out
+  assert "anderson" in printed and "unrolled" in printed
+  slow = results["solvers"]["slow"]
+  assert slow["anderson"]["f_evals"] <= slow["picard"]["f_evals"]
+  assert slow["anderson"]["converged"] >= slow["picard"]["converged"]
+  for row in slow.values():
+    assert row["seconds"] > 0 and math.isfinite(row["residual"])
+  backward = results["backward"]
+  for (mode, max_iter), row in backward.items():
+    assert row["fwd_iterations"] == max_iter, (mode, row)
+    assert row["seconds"] > 0
+  if backward[("implicit", 2)]["temp_bytes"] is not None:
+    # Flat for implicit, growing for unrolled.
+    assert (backward[("implicit", 6)]["temp_bytes"]
+            == backward[("implicit", 2)]["temp_bytes"])
+    assert (backward[("unrolled", 6)]["temp_bytes"]
+            > backward[("unrolled", 2)]["temp_bytes"])
