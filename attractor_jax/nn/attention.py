@@ -1,0 +1,140 @@
+"""Multi-head self-attention that honours `causal` and segment ids everywhere.
+
+The mask is always built here from positions and segment ids, and passed to
+`jax.nn.dot_product_attention` explicitly, so no backend path can drop it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attractor_jax.nn import initializers
+from attractor_jax.nn import norms
+from attractor_jax.nn import rotary
+from attractor_jax.nn.kv_cache import KVCache
+
+
+def attention_mask(q_positions: jax.Array, kv_positions: jax.Array, *,
+                   causal: bool, q_segment_ids: Optional[jax.Array] = None,
+                   kv_segment_ids: Optional[jax.Array] = None) -> jax.Array:
+  """Boolean mask `[batch, 1, q_len, kv_len]`: True where a query may look.
+
+  Causal: a key at a later position than the query is hidden. Segments: a
+  query sees only keys of its own segment (packed documents stay apart).
+  """
+  batch = q_positions.shape[0]
+  mask = jnp.ones((batch, q_positions.shape[1], kv_positions.shape[1]), bool)
+  if causal:
+    mask &= kv_positions[:, None, :] <= q_positions[:, :, None]
+  if (q_segment_ids is None) != (kv_segment_ids is None):
+    raise ValueError("Pass segment ids for both queries and keys, or neither.")
+  if q_segment_ids is not None:
+    mask &= q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  return mask[:, None]
+
+
+def attend(q, k, v, mask) -> jax.Array:
+  """Softmax attention; q `[b, t, heads, d]`, k/v `[b, s, heads, d]`."""
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with rotary embeddings and optional QK-norm."""
+
+  def __init__(self, dim: int, num_heads: int, *, head_dim: Optional[int] = None,
+               qk_norm: bool = False, rope_theta: float = 10000.0,
+               rope_convention: str = "half", norm_eps: float = 1e-5,
+               init_std: float = 0.02, out_init_scale: float = 0.0,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    if head_dim is None:
+      if dim % num_heads:
+        raise ValueError(f"width {dim} is not divisible by {num_heads} heads.")
+      head_dim = dim // num_heads
+    if rope_convention not in rotary.CONVENTIONS:
+      raise ValueError(f"Unknown rotary convention {rope_convention!r}; "
+                       f"expected one of {rotary.CONVENTIONS}.")
+    self.num_heads, self.head_dim = num_heads, head_dim
+    self.rope_theta, self.rope_convention = rope_theta, rope_convention
+    self.dtype = dtype
+    init = initializers.truncated_normal(init_std)
+    qkv_shape, qkv_axes = (dim, num_heads, head_dim), ("embed", "heads",
+                                                        "head_dim")
+    self.wq = initializers.make_param(rngs, init, qkv_shape, qkv_axes,
+                                      param_dtype)
+    self.wk = initializers.make_param(rngs, init, qkv_shape, qkv_axes,
+                                      param_dtype)
+    self.wv = initializers.make_param(rngs, init, qkv_shape, qkv_axes,
+                                      param_dtype)
+    self.wo = initializers.make_param(
+        rngs, initializers.scaled_zero(out_init_scale, init_std),
+        (num_heads, head_dim, dim), ("heads", "head_dim", "embed"),
+        param_dtype)
+    self.q_norm = nnx.data(None)
+    self.k_norm = nnx.data(None)
+    if qk_norm:
+      self.q_norm = norms.RMSNorm(head_dim, eps=norm_eps, axis_name="head_dim",
+                                  param_dtype=param_dtype, rngs=rngs)
+      self.k_norm = norms.RMSNorm(head_dim, eps=norm_eps, axis_name="head_dim",
+                                  param_dtype=param_dtype, rngs=rngs)
+
+  def project_qkv(self, x: jax.Array, positions: jax.Array):
+    """Queries, keys and values of x, with QK-norm and rotary applied."""
+    x = x.astype(self.dtype)
+    q, k, v = (jnp.einsum("btd,dnh->btnh", x, w[...].astype(self.dtype))
+               for w in (self.wq, self.wk, self.wv))
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    sin, cos = rotary.rotary_angles(positions, self.head_dim, self.rope_theta)
+    q = rotary.apply_rotary(q, sin, cos, self.rope_convention)
+    k = rotary.apply_rotary(k, sin, cos, self.rope_convention)
+    return q, k, v
+
+  def project_out(self, out: jax.Array) -> jax.Array:
+    return jnp.einsum("btnh,nhd->btd", out, self.wo[...].astype(self.dtype))
+
+  def __call__(self, x: jax.Array, *, causal: bool,
+               positions: Optional[jax.Array] = None,
+               segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Self-attention over x `[batch, seq, dim]`.
+
+    Args:
+      x: the input.
+      causal: hide later positions (decoders) or not (puzzle models).
+      positions: int `[batch, seq]`; default 0..seq-1.
+      segment_ids: int `[batch, seq]`; tokens attend only within a segment.
+    """
+    if x.ndim != 3:
+      raise ValueError(f"Attention expects [batch, seq, dim]; got {x.shape}.")
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+    q, k, v = self.project_qkv(x, positions)
+    mask = attention_mask(positions, positions, causal=causal,
+                          q_segment_ids=segment_ids, kv_segment_ids=segment_ids)
+    return self.project_out(attend(q, k, v, mask))
+
+  def attend_cached(self, x: jax.Array, positions: jax.Array, cache: KVCache,
+                    *, causal: bool = True):
+    """Attention of new tokens x over the cached keys plus their own.
+
+    Args:
+      x: `[batch, new, dim]`, the tokens after the cached ones.
+      positions: int `[batch, new]`.
+      cache: keys and values of earlier positions (not modified here).
+      causal: mask later positions among the new tokens.
+
+    Returns:
+      The attention output and the new tokens' (keys, values), for the caller
+      to append to the cache once they are final.
+    """
+    q, k, v = self.project_qkv(x, positions)
+    keys = jnp.concatenate([cache.k.astype(k.dtype), k], axis=1)
+    values = jnp.concatenate([cache.v.astype(v.dtype), v], axis=1)
+    kv_positions = jnp.concatenate([cache.positions, positions], axis=1)
+    valid = jnp.concatenate(
+        [cache.valid(), jnp.ones((x.shape[1],), bool)])[None, None, None, :]
+    mask = attention_mask(positions, kv_positions, causal=causal) & valid
+    return self.project_out(attend(q, keys, values, mask)), (k, v)

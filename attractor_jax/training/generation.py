@@ -1,0 +1,99 @@
+"""Sampling from an Attractor LM, with or without key/value caches.
+
+Cached decoding prefills the prompt once, then each new token runs the
+backbone over cached keys/values and solves the head for that position alone
+against its cached fixed point (O(1) head work per token). Uncached decoding
+re-runs the whole model, re-solving every position, for each new token: the
+reference it is tested against, and the public code's behaviour.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from attractor_jax.nn import kv_cache
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature: float,
+                 top_k: Optional[int]) -> jax.Array:
+  """One token per row of `[batch, vocab]` logits; temperature 0 is greedy."""
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0; got {temperature}.")
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k is not None:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(nnx.jit, static_argnames=("max_iter",))
+def _cached_step(model, tokens, cache, max_iter):
+  logits, cache, stats = model.forward_cached(tokens, cache, max_iter=max_iter)
+  return logits[:, -1], cache, stats
+
+
+@functools.partial(nnx.jit, static_argnames=("max_iter",))
+def _uncached_step(model, buffer, length, max_iter):
+  logits = model(buffer, max_iter=max_iter).logits
+  return jnp.take(logits, length - 1, axis=1)
+
+
+def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
+             key: jax.Array, temperature: float = 1.0,
+             top_k: Optional[int] = None, cached: bool = True,
+             max_iter: Optional[int] = None, return_logits: bool = False):
+  """Extends int `[batch, prompt_len]` prompts by `num_new_tokens` tokens.
+
+  Args:
+    model: an AttractorLM (cached decoding needs `init_cache` and
+      `forward_cached`; uncached decoding works for any LM of this package).
+    prompt: the prompts, all of one length.
+    num_new_tokens: tokens to sample.
+    key: PRNG key for sampling.
+    temperature: 0 for greedy decoding.
+    top_k: sample among the k most likely tokens.
+    cached: use key/value caches (fast) or re-run the whole model per token.
+    max_iter: test-time solver steps of the head (None: as configured).
+    return_logits: also return the `[batch, num_new_tokens, vocab]` logits
+      that each sampled token was drawn from.
+
+  Returns:
+    int32 `[batch, prompt_len + num_new_tokens]`, and the logits if asked.
+  """
+  if prompt.ndim != 2 or prompt.shape[1] < 1:
+    raise ValueError(f"prompt must be [batch, length >= 1]; got {prompt.shape}.")
+  prompt = prompt.astype(jnp.int32)
+  batch, prompt_len = prompt.shape
+  total = prompt_len + num_new_tokens
+  keys = jax.random.split(key, max(num_new_tokens, 1))
+  tokens, all_logits = [], []
+  if cached:
+    kv_cache.check_room(0, total, total)
+    cache = model.init_cache(batch, total)
+    logits, cache, _ = _cached_step(model, prompt, cache, max_iter)
+  else:
+    buffer = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(
+        prompt)
+    logits = _uncached_step(model, buffer, prompt_len, max_iter)
+  for i in range(num_new_tokens):
+    all_logits.append(logits)
+    token = sample_token(logits, keys[i], temperature, top_k)
+    tokens.append(token)
+    if i + 1 == num_new_tokens:
+      break
+    if cached:
+      logits, cache, _ = _cached_step(model, token[:, None], cache, max_iter)
+    else:
+      buffer = buffer.at[:, prompt_len + i].set(token)
+      logits = _uncached_step(model, buffer, prompt_len + i + 1, max_iter)
+  out = jnp.concatenate([prompt] + [t[:, None] for t in tokens], axis=1)
+  if return_logits:
+    return out, jnp.stack(all_logits, axis=1)
+  return out

@@ -1,0 +1,333 @@
+"""Metrics: TensorBoard events and a JSONL log in the workdir, a console line.
+
+    writer = MetricWriter(workdir)
+    progress = ProgressLine(total_steps, tokens_per_step=batch * seq)
+    ...
+    scalars = {"loss": loss, "perplexity": perplexity(loss), "lr": lr,
+               **summarize_solver_stats(out.stats), **gate_means(model)}
+    writer.write_scalars(step, scalars)
+    progress.print(step, scalars)
+    ...
+    writer.close()
+
+Files: `workdir/tensorboard/events.out.tfevents.*` (tensorboardX, no
+TensorFlow needed) and `workdir/metrics.jsonl`, one JSON object per
+`write_scalars` call: {"step": int, name: float, ...}. JSON has no NaN or
+infinity, so non-finite values are written as the strings "nan", "inf" and
+"-inf" (`float()` reads them back); the line stays standard JSON. Two calls
+for the same step (say train and eval) write two lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Optional, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorboardX
+from flax import nnx
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
+
+JSONL_NAME = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+GATE_NAMES = ("attn_gate", "mlp_gate")
+
+
+def to_float(value: Any) -> float:
+  """A Python float of a number or a one-element array (fetched from device)."""
+  array = np.asarray(jax.device_get(value))
+  if array.size != 1:
+    raise ValueError(f"A scalar metric must have one element; got shape "
+                     f"{array.shape}.")
+  return float(array.reshape(()))
+
+
+def _json_number(x: float):
+  if math.isfinite(x):
+    return x
+  return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard event files and to `metrics.jsonl`.
+
+  Only process 0 writes (the others hold a disabled writer), so every host
+  may call it.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
+               enabled: Optional[bool] = None):
+    """Opens the writers (creating `workdir`).
+
+    Args:
+      workdir: the run's directory.
+      tensorboard: also write TensorBoard event files.
+      enabled: write at all; default: on process 0 only.
+    """
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.workdir = os.fspath(workdir)
+    self.jsonl_path = os.path.join(self.workdir, JSONL_NAME)
+    self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+    self._jsonl = None
+    self._summary = None
+    if not self.enabled:
+      return
+    os.makedirs(self.workdir, exist_ok=True)
+    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    if tensorboard:
+      self._summary = tensorboardX.SummaryWriter(
+          logdir=self.tensorboard_dir, flush_secs=30)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Logs `scalars` (numbers or one-element arrays) at `step`."""
+    if not self.enabled:
+      return
+    values = {str(k): to_float(v) for k, v in scalars.items()}
+    record = {"step": int(step)}
+    record.update({k: _json_number(v) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+    self._jsonl.flush()
+    if self._summary is not None:
+      for name, value in values.items():
+        self._summary.add_scalar(name, value, int(step))
+
+  def flush(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    if self._summary is not None:
+      self._summary.flush()
+
+  def close(self) -> None:
+    """Flushes and closes the files (idempotent)."""
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._summary is not None:
+      self._summary.close()
+      self._summary = None
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """The records of a metrics.jsonl file, with "nan"/"inf" turned to floats."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        records.append({k: float(v) if isinstance(v, str) else v
+                        for k, v in record.items()})
+  return records
+
+
+def read_event_scalars(path: str | os.PathLike
+                       ) -> dict[str, list[tuple[int, float]]]:
+  """Scalars of a TensorBoard event file (or of every one in a directory).
+
+  Reads the TFRecord framing and Event protos with tensorboardX's own code,
+  checking each record's CRC, so no TensorFlow or TensorBoard is needed.
+
+  Returns:
+    tag -> [(step, value), ...] in file order.
+
+  Raises:
+    ValueError: a truncated or corrupt record.
+  """
+  path = os.fspath(path)
+  files = ([path] if os.path.isfile(path) else sorted(
+      os.path.join(path, n) for n in os.listdir(path) if "tfevents" in n))
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for name in files:
+    with open(name, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      if offset + 12 > len(data):
+        raise ValueError(f"Truncated record header in {name} at {offset}.")
+      header = data[offset:offset + 8]
+      (length,) = struct.unpack("Q", header)
+      (header_crc,) = struct.unpack("I", data[offset + 8:offset + 12])
+      body = data[offset + 12:offset + 12 + length]
+      footer = data[offset + 12 + length:offset + 16 + length]
+      if (header_crc != masked_crc32c(header) or len(body) != length
+          or len(footer) != 4
+          or struct.unpack("I", footer)[0] != masked_crc32c(body)):
+        raise ValueError(f"Corrupt or truncated record in {name} at {offset}.")
+      offset += 16 + length
+      event = event_pb2.Event.FromString(body)
+      if event.HasField("summary"):
+        for value in event.summary.value:
+          if value.HasField("simple_value"):
+            scalars.setdefault(value.tag, []).append(
+                (int(event.step), float(value.simple_value)))
+  return scalars
+
+
+# ----------------------------------------------------------------- progress
+
+
+def format_duration(seconds: float) -> str:
+  """MM:SS below an hour, H:MM:SS below a day, then "Nd HH:MM:SS"."""
+  if not math.isfinite(seconds):
+    return "--:--"
+  seconds = int(round(max(seconds, 0.0)))
+  days, rest = divmod(seconds, 86400)
+  hours, rest = divmod(rest, 3600)
+  minutes, secs = divmod(rest, 60)
+  if days:
+    return f"{days}d {hours:02d}:{minutes:02d}:{secs:02d}"
+  if hours:
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+  return f"{minutes:02d}:{secs:02d}"
+
+
+def _format_value(x: float) -> str:
+  return f"{x:.3g}" if abs(x) < 1e4 or not math.isfinite(x) else f"{x:.4g}"
+
+
+class ProgressLine:
+  """A one-line console summary with throughput and ETA.
+
+      step 120/1000 | loss 3.21 | 5400 tok/s | ETA 02:13
+
+  The rate is measured from the first call (so compilation before it does not
+  count) to the latest one.
+  """
+
+  def __init__(self, total_steps: int, *, tokens_per_step: Optional[int] = None,
+               keys: Iterable[str] = ("loss",),
+               clock: Callable[[], float] = time.monotonic,
+               stream: Optional[TextIO] = None):
+    """Args:
+      total_steps: the last step.
+      tokens_per_step: if set, tok/s is computed from the step rate; else a
+        "tokens_per_s" scalar is shown when given.
+      keys: scalars to show, in order, when present.
+      clock: a seconds counter (injectable for tests).
+      stream: where `print` writes (default stdout).
+    """
+    self.total_steps = total_steps
+    self.tokens_per_step = tokens_per_step
+    self.keys = tuple(keys)
+    self.clock = clock
+    self.stream = stream
+    self._start: Optional[tuple[int, float]] = None
+
+  def steps_per_second(self, step: int, now: float) -> Optional[float]:
+    if self._start is None or step <= self._start[0] or now <= self._start[1]:
+      return None
+    return (step - self._start[0]) / (now - self._start[1])
+
+  def format(self, step: int, scalars: Optional[Mapping[str, Any]] = None
+             ) -> str:
+    """The line for `step`; the first call starts the clock."""
+    now = self.clock()
+    if self._start is None:
+      self._start = (step, now)
+    scalars = dict(scalars or {})
+    parts = [f"step {step}/{self.total_steps}"]
+    for key in self.keys:
+      if key in scalars:
+        parts.append(f"{key} {_format_value(to_float(scalars[key]))}")
+    rate = self.steps_per_second(step, now)
+    tokens_per_s = None
+    if self.tokens_per_step is not None and rate is not None:
+      tokens_per_s = rate * self.tokens_per_step
+    elif "tokens_per_s" in scalars:
+      tokens_per_s = to_float(scalars["tokens_per_s"])
+    if tokens_per_s is not None:
+      parts.append(f"{tokens_per_s:.0f} tok/s")
+    eta = math.inf if rate is None else (self.total_steps - step) / rate
+    parts.append(f"ETA {format_duration(eta)}")
+    return " | ".join(parts)
+
+  def print(self, step: int, scalars: Optional[Mapping[str, Any]] = None
+            ) -> str:
+    """Formats and prints the line (flushed); returns it."""
+    line = self.format(step, scalars)
+    stream = self.stream or sys.stdout
+    print(line, file=stream, flush=True)
+    return line
+
+
+# ----------------------------------------------------------------- scalars
+
+
+def perplexity(loss: Any) -> jax.Array:
+  """exp(mean token cross-entropy)."""
+  return jnp.exp(jnp.asarray(loss, jnp.float32))
+
+
+def summarize_solver_stats(stats, prefix: str = "solver/"
+                           ) -> dict[str, jax.Array]:
+  """Scalars of a `SolverStats` (from `SolverStats.summary`), or {} for None.
+
+  Keys: iterations_mean/max, residual_mean/max, converged_fraction,
+  nonfinite_count, num_f_evals, each with `prefix`. Stats stacked over extra
+  leading axes (micro-batches) reduce over all of them.
+  """
+  if stats is None:
+    return {}
+  summary = stats.summary()
+  return {prefix + k: jnp.mean(jnp.asarray(v, jnp.float32))
+          for k, v in summary.items()}
+
+
+def lm_scalars(output, prefix: str = "") -> dict[str, jax.Array]:
+  """loss, perplexity, head_contribution and solver stats of an LMOutput."""
+  scalars = {}
+  if output.loss is not None:
+    scalars[prefix + "loss"] = output.loss
+    scalars[prefix + "perplexity"] = perplexity(output.loss)
+  if output.head_contribution is not None:
+    scalars[prefix + "head_contribution"] = jnp.mean(output.head_contribution)
+  scalars.update(summarize_solver_stats(output.stats, prefix + "solver/"))
+  return scalars
+
+
+def gate_means(model_or_params, *, gate_max: float = 1.0,
+               head_key: str = "head", prefix: str = "gates/"
+               ) -> dict[str, jax.Array]:
+  """Mean gate value g = gate_max * sigmoid(raw) of the head's attention and
+  MLP gates, over channels and blocks.
+
+  Args:
+    model_or_params: a model (each ChannelGate's own gate_max is used) or a
+      params pytree (e.g. `nnx.state(model, nnx.Param)`; `gate_max` is used).
+    gate_max: the gate ceiling for params (ModelConfig.gate_max).
+    head_key: path component marking the attractor head.
+    prefix: key prefix.
+
+  Returns:
+    {prefix + "attn_mean": ..., prefix + "mlp_mean": ...} for the gates found.
+  """
+  found: dict[str, list[jax.Array]] = {name: [] for name in GATE_NAMES}
+  if isinstance(model_or_params, nnx.Module):
+    for path, node in nnx.iter_graph(model_or_params):
+      if (path and path[-1] in GATE_NAMES and head_key in path
+          and hasattr(node, "raw") and hasattr(node, "gate_max")):
+        found[path[-1]].append(jnp.ravel(node.value))
+  else:
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.as_pure(model_or_params))
+    for path, raw in leaves:
+      names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+      names = [n for n in names if n not in ("value", "raw_value")]
+      if (len(names) >= 2 and names[-1] == "raw" and names[-2] in GATE_NAMES
+          and head_key in names):
+        gate = gate_max * jax.nn.sigmoid(jnp.asarray(raw, jnp.float32))
+        found[names[-2]].append(jnp.ravel(gate))
+  return {f"{prefix}{name.split('_')[0]}_mean": jnp.mean(jnp.concatenate(v))
+          for name, v in found.items() if v}

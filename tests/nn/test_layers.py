@@ -1,0 +1,174 @@
+"""Building blocks: norms, rotary, attention masking, MLPs, blocks, inits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from attractor_jax.nn import attention
+from attractor_jax.nn import blocks
+from attractor_jax.nn import initializers
+from attractor_jax.nn import mlp
+from attractor_jax.nn import norms
+from attractor_jax.nn import rotary
+
+DIM, HEADS, SEQ = 16, 2, 8
+
+
+def random(shape, seed=0, dtype=jnp.float32):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape).astype(dtype)
+
+
+def test_rms_norm_computes_in_float32_and_keeps_dtype():
+  x = random((2, DIM), dtype=jnp.bfloat16) * 300.0
+  norm = norms.RMSNorm(DIM, rngs=nnx.Rngs(0))
+  y = norm(x)
+  assert y.dtype == jnp.bfloat16
+  x32 = np.asarray(x, np.float32)
+  expected = x32 / np.sqrt(np.mean(x32 ** 2, -1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(np.asarray(y, np.float32), expected, rtol=1e-2)
+  assert norms.RMSNorm(DIM, learned_scale=False, rngs=nnx.Rngs(0)).scale is None
+
+
+@pytest.mark.parametrize("convention", rotary.CONVENTIONS)
+def test_rotary_preserves_norm_and_encodes_relative_position(convention):
+  q = random((1, 1, 1, DIM), 1)
+  k = random((1, 1, 1, DIM), 2)
+
+  def rotate(x, position):
+    sin, cos = rotary.rotary_angles(jnp.array([[position]]), DIM, 10000.0)
+    return rotary.apply_rotary(x, sin, cos, convention)
+
+  np.testing.assert_allclose(float(jnp.linalg.norm(rotate(q, 7))),
+                             float(jnp.linalg.norm(q)), rtol=1e-5)
+  score = lambda p, r: float(jnp.sum(rotate(q, p) * rotate(k, r)))
+  np.testing.assert_allclose(score(3, 1), score(12, 10), rtol=1e-4)
+  assert abs(score(3, 1) - score(3, 2)) > 1e-4
+
+
+def test_rotary_conventions_differ_by_a_permutation_of_dimensions():
+  x = random((1, 1, 1, DIM), 3)
+  sin, cos = rotary.rotary_angles(jnp.array([[5]]), DIM, 10000.0)
+  # interleaved pairs (2i, 2i+1) are half pairs (i, i + d/2) after reordering.
+  to_half = np.concatenate([np.arange(0, DIM, 2), np.arange(1, DIM, 2)])
+  interleaved = rotary.apply_rotary(x, sin, cos, "interleaved")
+  half = rotary.apply_rotary(x[..., to_half], sin, cos, "half")
+  np.testing.assert_allclose(np.asarray(interleaved[..., to_half]),
+                             np.asarray(half), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="Unknown rotary convention"):
+    rotary.apply_rotary(x, sin, cos, "complex")
+
+
+def make_attention(**kwargs):
+  return attention.Attention(DIM, HEADS, out_init_scale=1.0, rngs=nnx.Rngs(0),
+                             **kwargs)
+
+
+@pytest.mark.parametrize("qk_norm", (False, True))
+def test_causal_attention_hides_the_future_and_non_causal_does_not(qk_norm):
+  attn = make_attention(qk_norm=qk_norm)
+  x = random((2, SEQ, DIM))
+  x_changed = x.at[:, 5].add(1.0)
+  for causal in (True, False):
+    delta = jnp.abs(attn(x_changed, causal=causal) - attn(x, causal=causal))
+    delta = np.asarray(jnp.max(delta, axis=(0, 2)))
+    if causal:
+      assert np.all(delta[:5] == 0.0) and np.all(delta[5:] > 0)
+    else:
+      assert np.all(delta > 0)
+
+
+def test_segment_ids_keep_packed_documents_apart():
+  attn = make_attention()
+  x = random((1, SEQ, DIM))
+  segments = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2]])
+  x_changed = x.at[:, 1].add(1.0)     # inside the first document
+  for causal in (True, False):
+    out = attn(x, causal=causal, segment_ids=segments)
+    out_changed = attn(x_changed, causal=causal, segment_ids=segments)
+    delta = np.asarray(jnp.max(jnp.abs(out_changed - out), axis=(0, 2)))
+    assert np.all(delta[3:] == 0.0)
+    assert delta[2] > 0
+    assert (delta[0] > 0) == (not causal)
+
+
+def test_attention_mask_rejects_one_sided_segments():
+  positions = jnp.zeros((1, 4), jnp.int32)
+  with pytest.raises(ValueError, match="segment ids"):
+    attention.attention_mask(positions, positions, causal=True,
+                             q_segment_ids=positions)
+
+
+def test_mlp_kinds_compute_their_formulas():
+  x = random((2, 3, DIM))
+  relu2 = mlp.MLP(DIM, 32, kind="relu2", out_init_scale=1.0, rngs=nnx.Rngs(0))
+  hidden = x @ relu2.w_in[...]
+  expected = (0.5 * jnp.maximum(hidden, 0) ** 2) @ relu2.w_out[...]
+  np.testing.assert_allclose(np.asarray(relu2(x)), np.asarray(expected),
+                             rtol=1e-5, atol=1e-7)
+  swiglu = mlp.MLP(DIM, 32, kind="swiglu", out_init_scale=1.0,
+                   rngs=nnx.Rngs(0))
+  expected = ((jax.nn.silu(x @ swiglu.w_gate[...]) * (x @ swiglu.w_in[...]))
+              @ swiglu.w_out[...])
+  np.testing.assert_allclose(np.asarray(swiglu(x)), np.asarray(expected),
+                             rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="Unknown MLP kind"):
+    mlp.MLP(DIM, 32, kind="gelu", rngs=nnx.Rngs(0))
+
+
+def spec(**kwargs):
+  return blocks.BlockSpec(DIM, HEADS, 32, out_init_scale=1.0, **kwargs)
+
+
+def test_gates_start_at_layer_scale_init_and_scale_the_branch():
+  block = blocks.Block(spec(gate_max=2.0, gate_init=0.3), rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.asarray(block.attn_gate.value), 0.3, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(block.mlp_gate.value), 0.3, rtol=1e-6)
+  ungated = blocks.Block(spec(), rngs=nnx.Rngs(0))
+  x = random((1, SEQ, DIM))
+  # Same weights: the gated attention update is 0.3 times the ungated one.
+  gated_attn = block.attn_gate(block.attn(block.attn_norm(x), causal=True))
+  plain_attn = ungated.attn(ungated.attn_norm(x), causal=True)
+  np.testing.assert_allclose(np.asarray(gated_attn),
+                             0.3 * np.asarray(plain_attn), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="gate_init"):
+    spec(gate_max=1.0, gate_init=1.5)
+
+
+def test_pre_and_post_norm_blocks():
+  x = random((2, SEQ, DIM))
+  pre = blocks.Block(spec(), rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(np.asarray(pre(x)),
+                             np.asarray(x + pre.branch(x)), rtol=1e-6)
+  post = blocks.Block(spec(norm="post"), rngs=nnx.Rngs(0))
+  out = post(x)
+  # A post-norm block ends in an RMSNorm with unit scale: unit RMS rows.
+  rms = jnp.sqrt(jnp.mean(out ** 2, axis=-1))
+  np.testing.assert_allclose(np.asarray(rms), 1.0, rtol=1e-3)
+  with pytest.raises(ValueError, match="pre-norm"):
+    post.branch(x)
+
+
+def test_initializers():
+  key = jax.random.PRNGKey(0)
+  zeros = initializers.scaled_zero()(key, (64, 64))
+  assert not np.any(np.asarray(zeros))
+  normal = initializers.truncated_normal(0.02)(key, (256, 256))
+  np.testing.assert_allclose(float(jnp.std(normal)), 0.02, rtol=0.05)
+  assert float(jnp.max(jnp.abs(normal))) <= 0.02 * 2.0 / 0.879 + 1e-6
+  q = initializers.orthogonal()(key, (32, 32))
+  np.testing.assert_allclose(np.asarray(q.T @ q), np.eye(32), atol=1e-5)
+
+
+def test_every_block_parameter_has_logical_axis_names():
+  block = blocks.Block(spec(gate_max=1.0, qk_norm=True, mlp="swiglu"),
+                       rngs=nnx.Rngs(0))
+  params = nnx.state(block, nnx.Param)
+  specs = jax.tree.leaves(nnx.get_partition_spec(params),
+                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  values = jax.tree.leaves(params)
+  assert len(specs) == len(values) > 10
+  for partition, value in zip(specs, values):
+    assert len(partition) == value.ndim
+    assert all(isinstance(name, str) for name in partition)
