@@ -19,9 +19,10 @@ def test_readme_opens_with_main_job_and_test_commands():
   lines = first_code_block_lines()
   assert len(lines) == 2
   main_job, tests = lines
-  assert main_job.startswith("pip install -e . && python ")
-  script = shlex.split(main_job.split("&&")[1])[1]
-  assert (ROOT / script).is_file(), f"main job {script} does not exist"
+  assert main_job.startswith("pip install -e . && python -m attractor_jax.")
+  module = shlex.split(main_job.split("&&")[1])[2]
+  path = ROOT / (module.replace(".", "/") + ".py")
+  assert path.is_file(), f"main job {module} does not exist"
   assert tests.startswith('pip install -e ".[test]" && python -m pytest')
 
 

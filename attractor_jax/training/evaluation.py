@@ -1,0 +1,233 @@
+"""Evaluation: validation loss and perplexity, and a test-time depth sweep.
+
+    result = evaluate(model, val_batches)            # loss, perplexity, ...
+    rows = depth_sweep(model, val_batches)           # T = 0, 1, 2, 4, ...
+    paths = write_depth_sweep(rows, workdir)         # .json, .txt, .png
+
+The sweep measures equilibrium internalization (DESIGN.md section 1): at
+T = 0 the attractor LM decodes its proposal c without any solver step; if
+training internalized the fixed point, its loss is close to that of y*.
+
+`batches` is an iterable of dicts with keys "inputs" and "targets" (and
+optionally "segment_ids", "positions"), int `[batch, seq]`, as the data
+pipeline yields them, or a zero-argument callable that returns such an
+iterable. A sweep passes over the batches once per depth, so it needs a list
+(or any re-iterable such as a grain dataset) or a callable, not an iterator.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Batches = Iterable[dict] | Callable[[], Iterable[dict]]
+ROW_KEYS = ("T", "loss", "perplexity", "iterations", "converged_fraction",
+            "residual", "head_contribution")
+_SOLVER_KEYS = ("iterations", "residual", "converged_fraction")
+
+
+def depth_schedule(max_iter: int) -> list[int]:
+  """0, 1, 2, 4, 8, ... up to max_iter, with max_iter itself always last."""
+  if max_iter < 0:
+    raise ValueError(f"max_iter must be >= 0; got {max_iter}.")
+  depths, t = [0], 1
+  while t < max_iter:
+    depths.append(t)
+    t *= 2
+  return depths + [max_iter] if max_iter > 0 else depths
+
+
+@functools.partial(nnx.jit, static_argnames=("max_iter",))
+def _eval_step(model, batch: dict, max_iter: Optional[int]) -> dict:
+  """Per-batch sums; compiled once per (model, batch shape, max_iter)."""
+  targets = batch["targets"]
+  out = model(batch["inputs"], targets=targets,
+              segment_ids=batch.get("segment_ids"),
+              positions=batch.get("positions"), max_iter=max_iter)
+  sums = {"loss": out.loss,
+          "tokens": jnp.sum(targets != model.config.ignore_index)}
+  if out.stats is not None:
+    sums["iterations"] = jnp.sum(out.stats.iterations.astype(jnp.float32))
+    sums["residual"] = jnp.sum(out.stats.residual)
+    sums["converged_fraction"] = jnp.sum(
+        out.stats.converged.astype(jnp.float32))
+  if out.head_contribution is not None:
+    sums["head_contribution"] = jnp.sum(out.head_contribution)
+  return sums
+
+
+def _iterate(batches: Batches) -> Iterable[dict]:
+  return batches() if callable(batches) else batches
+
+
+def evaluate(model, batches: Batches, *, max_iter: Optional[int] = None,
+             max_batches: Optional[int] = None) -> dict[str, float]:
+  """Token-weighted validation loss and, for solver models, solver stats.
+
+  Each batch's mean loss is weighted by its count of non-ignored targets, so
+  the result equals the loss over all tokens at once. Solver stats are means
+  over sequences.
+
+  Args:
+    model: any LM of `attractor_jax.models` (GPT ignores `max_iter`).
+    batches: see the module docstring.
+    max_iter: test-time solver steps (loop depth for Looped); None uses the
+      model's default. 0 decodes the attractor's proposal c.
+    max_batches: stop after this many batches (for endless iterables).
+
+  Returns:
+    {"loss", "perplexity", "tokens", "sequences", "batches"} and, when the
+    model reports them, "iterations", "residual" (NaN at T = 0: never
+    measured), "converged_fraction" and "head_contribution".
+
+  Raises:
+    ValueError: no batch, or no non-ignored target.
+  """
+  loss_sum, totals, tokens, sequences, count = 0.0, {}, 0, 0, 0
+  for batch in _iterate(batches):
+    if max_batches is not None and count >= max_batches:
+      break
+    sums = _eval_step(model, dict(batch), max_iter=max_iter)
+    sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+    n = int(sums.pop("tokens"))
+    loss_sum += float(sums.pop("loss")) * n
+    tokens += n
+    sequences += int(np.shape(batch["inputs"])[0])
+    count += 1
+    for key, value in sums.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  if tokens == 0:
+    raise ValueError(f"No non-ignored target in {count} batches.")
+  loss = loss_sum / tokens
+  result = {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens,
+            "sequences": sequences, "batches": count}
+  result.update({k: v / sequences for k, v in totals.items()})
+  return result
+
+
+def _default_max_iter(model) -> int:
+  config = model.config
+  if config.kind == "looped":
+    return 2 * config.mean_depth
+  return config.solve.max_iter
+
+
+def depth_sweep(model, batches: Batches,
+                depths: Optional[Sequence[int]] = None) -> list[dict]:
+  """Evaluates the model at each test-time depth T.
+
+  Supports the attractor LM and DEQ (T = solver step limit) and the looped
+  model (T = loop depth: it runs exactly T steps, so its "iterations" is T
+  and its converged fraction and residual are NaN).
+
+  Args:
+    model: an attractor, DEQ or looped LM.
+    batches: a re-iterable or a callable (see the module docstring).
+    depths: the T values; default `depth_schedule` of the configured
+      `solve.max_iter` (twice `mean_depth` for a looped model, its training
+      maximum).
+
+  Returns:
+    One dict per T with keys `ROW_KEYS` (NaN where not reported).
+
+  Raises:
+    ValueError: a GPT (fixed depth: use `evaluate`), or a one-shot iterator.
+  """
+  if model.config.kind == "gpt":
+    raise ValueError("A GPT has a fixed depth, so a depth sweep is "
+                     "meaningless; use evaluate() for its loss.")
+  if not callable(batches) and iter(batches) is batches:
+    raise ValueError("depth_sweep passes over the batches once per depth; "
+                     "pass a list or a callable, not an iterator.")
+  depths = depth_schedule(_default_max_iter(model)) if depths is None else (
+      depths)
+  rows = []
+  for t in depths:
+    result = evaluate(model, batches, max_iter=int(t))
+    if not any(k in result for k in _SOLVER_KEYS):
+      result["iterations"] = float(t)
+    rows.append({"T": int(t), **{k: float(result.get(k, math.nan))
+                                 for k in ROW_KEYS[1:]}})
+  return rows
+
+
+def _json_value(x: Any) -> Any:
+  if isinstance(x, float) and not math.isfinite(x):
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+  return x
+
+
+def read_depth_sweep(path: str | os.PathLike) -> list[dict]:
+  """The rows of a depth_sweep.json, with "nan"/"inf" strings as floats."""
+  with open(path, encoding="utf-8") as f:
+    rows = json.load(f)
+  return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()}
+          for row in rows]
+
+
+def format_table(rows: Sequence[dict]) -> str:
+  """An aligned text table of the rows ("-" where NaN)."""
+  keys = [k for k in ROW_KEYS if any(k in row for row in rows)]
+
+  def cell(value):
+    if isinstance(value, float):
+      return "-" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+  table = [keys] + [[cell(row.get(k, math.nan)) for k in keys] for row in rows]
+  widths = [max(len(line[i]) for line in table) for i in range(len(keys))]
+  return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths))
+                   for line in table) + "\n"
+
+
+def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike
+                      ) -> dict[str, str]:
+  """Writes depth_sweep.json, .txt (aligned table) and .png into out_dir.
+
+  JSON holds standard numbers, non-finite ones as the strings "nan"/"inf"
+  (`read_depth_sweep` reads them back). The plot shows perplexity, and below
+  it the converged fraction and mean iterations, against T on a symlog
+  (base 2) axis, linear in [0, 1] so T = 0 is shown.
+
+  Returns:
+    {"json": path, "txt": path, "png": path}.
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  out_dir = os.fspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {ext: os.path.join(out_dir, f"depth_sweep.{ext}")
+           for ext in ("json", "txt", "png")}
+  with open(paths["json"], "w", encoding="utf-8") as f:
+    json.dump([{k: _json_value(v) for k, v in row.items()} for row in rows],
+              f, indent=2, allow_nan=False)
+  with open(paths["txt"], "w", encoding="utf-8") as f:
+    f.write(format_table(rows))
+
+  ts = [row["T"] for row in rows]
+  column = lambda key: [row.get(key, math.nan) for row in rows]
+  fig = Figure(figsize=(6, 6), layout="constrained")
+  top, bottom = fig.subplots(2, 1, sharex=True)
+  top.plot(ts, column("perplexity"), "o-", color="C0")
+  top.set_ylabel("perplexity")
+  top.set_title("Test-time depth sweep")
+  bottom.plot(ts, column("converged_fraction"), "s-", color="C1")
+  bottom.set_ylabel("converged fraction", color="C1")
+  bottom.set_ylim(-0.05, 1.05)
+  twin = bottom.twinx()
+  twin.plot(ts, column("iterations"), "^--", color="C2")
+  twin.set_ylabel("mean iterations", color="C2")
+  bottom.set_xscale("symlog", base=2, linthresh=1, linscale=0.5)
+  bottom.set_xticks(ts, [str(t) for t in ts])
+  bottom.set_xlabel("test-time iterations T")
+  for ax in (top, bottom):
+    ax.grid(True, alpha=0.3)
+  fig.savefig(paths["png"], dpi=100)
+  return paths

@@ -1,0 +1,108 @@
+"""The training loop: bitwise resume, and clear errors for bad configs."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from attractor_jax.configs import lm
+from attractor_jax.training import checkpoints
+from attractor_jax.training import experiment
+from attractor_jax.training import trainer
+
+
+def tiny_config(total_steps=6):
+  config = lm.get_config()
+  config.model.dim = 32
+  config.model.mlp_dim = 64
+  config.model.num_heads = 2
+  config.model.num_layers = 1
+  config.solve.max_iter = 6
+  config.data.vocab_size = 512
+  config.data.seq_len = 32
+  config.batch_size = 4
+  config.eval_batches = 1
+  config.total_steps = total_steps
+  config.log_every = 2
+  config.eval_every = 100
+  config.checkpoint_every = 2
+  config.depth_sweep = False
+  config.sample.num_tokens = 0
+  return config
+
+
+def final_checkpoint(workdir):
+  with checkpoints.Checkpointer(workdir) as ckpt:
+    return ckpt.restore()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """A workdir trained for 6 steps in one go, and its summary."""
+  workdir = tmp_path_factory.mktemp("straight")
+  return workdir, trainer.train_and_evaluate(tiny_config(), str(workdir))
+
+
+def test_resumed_run_is_bitwise_equal_to_a_straight_run(straight_run,
+                                                          tmp_path):
+  config = tiny_config()
+  straight, summary = straight_run
+  assert summary["step"] == 6 and np.isfinite(summary["train"]["loss"])
+  assert (straight / "metrics.jsonl").exists()
+  resumed = tmp_path / "resumed"
+  first = trainer.train_and_evaluate(config, str(resumed), stop_at_step=3)
+  assert first["step"] == 3
+  second = trainer.train_and_evaluate(config, str(resumed))
+  assert second["start_step"] == 3 and second["step"] == 6
+  state_a, data_a, _ = final_checkpoint(straight)
+  state_b, data_b, _ = final_checkpoint(resumed)
+  assert data_a == data_b and data_a            # same data position
+  leaves_a = jax.tree_util.tree_leaves_with_path(state_a)
+  leaves_b = jax.tree_util.tree_leaves_with_path(state_b)
+  assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
+  for (path, a), (_, b) in zip(leaves_a, leaves_b):
+    assert a.dtype == b.dtype, path
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+  # Training moved the parameters: the check above is not trivially true.
+  assert int(state_a["optimizer"]["step"]) == 6
+
+
+def test_a_workdir_of_another_model_shape_is_refused(straight_run):
+  config = tiny_config()
+  config.model.dim = 48
+  with pytest.raises(checkpoints.ConfigMismatchError, match="dim"):
+    trainer.train_and_evaluate(config, str(straight_run[0]))
+
+
+@pytest.mark.slow
+def test_evaluate_and_generate_commands_read_the_workdir(straight_run):
+  workdir = str(straight_run[0])
+  run = lambda *args: subprocess.run(
+      [sys.executable, "-m", *args, f"--workdir={workdir}"],
+      capture_output=True, text=True, timeout=600, check=True).stdout
+  out = run("attractor_jax.evaluate")
+  assert "validation loss" in out and "perplexity" in out
+  assert os.path.exists(os.path.join(workdir, "eval", "depth_sweep.png"))
+  out = run("attractor_jax.generate", "--prompt=ROMEO:", "--num_tokens=8",
+            "--temperature=0")
+  assert out.startswith("ROMEO:") and len(out.strip()) > len("ROMEO:")
+
+
+def test_bad_configs_give_clear_errors(tmp_path):
+  config = tiny_config()
+  config.model.preset = "attractor-14m"
+  with pytest.raises(ValueError, match="attractor-140m"):
+    experiment.model_config_from(config)
+  config = tiny_config()
+  config.data.source = "text"
+  config.data.path = str(tmp_path / "no-such-corpus")
+  with pytest.raises(FileNotFoundError, match="no-such-corpus"):
+    experiment.prepare_data(config, str(tmp_path))
+  config.data.source = "parquet"
+  with pytest.raises(ValueError, match="Unknown data source"):
+    experiment.load_documents(config.data)
+  with pytest.raises(FileNotFoundError, match="not a training workdir"):
+    experiment.load_config(str(tmp_path / "empty"))
