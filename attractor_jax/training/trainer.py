@@ -151,6 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                       tokens_per_step=tokens_per_step)
   summary: dict[str, Any] = {"start_step": step}
   scalars = {}
+  logged_step, logged_time = step, time.perf_counter()
   while step < last_step:
     batch = parallel.shard_batch(next(train_iterator), mesh)
     scalars = train_step(state.model, state.optimizer, batch)
@@ -160,6 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       scalars["lr"] = float(optimizers.lr_schedule(
           _optimizer_config(config))(step - 1))
       scalars.update(metrics_lib.gate_means(state.model))
+      now = time.perf_counter()
+      scalars["tokens_per_s"] = (tokens_per_step * (step - logged_step)
+                                 / max(now - logged_time, 1e-9))
+      logged_step, logged_time = step, now
       writer.write_scalars(step, scalars)
       progress.print(step, scalars)
       if not np.isfinite(scalars["loss"]):

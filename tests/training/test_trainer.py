@@ -11,6 +11,7 @@ import pytest
 from attractor_jax.configs import lm
 from attractor_jax.training import checkpoints
 from attractor_jax.training import experiment
+from attractor_jax.training import metrics
 from attractor_jax.training import trainer
 
 
@@ -51,7 +52,16 @@ def test_resumed_run_is_bitwise_equal_to_a_straight_run(straight_run,
   config = tiny_config()
   straight, summary = straight_run
   assert summary["step"] == 6 and np.isfinite(summary["train"]["loss"])
-  assert (straight / "metrics.jsonl").exists()
+  logged = metrics.read_jsonl(straight / "metrics.jsonl")
+  train_rows = [row for row in logged if "loss" in row]
+  assert [row["step"] for row in train_rows] == [2, 4, 6]
+  assert any("val/loss" in row for row in logged)
+  for key in ("loss", "perplexity", "lr", "grad_norm", "skipped_updates",
+              "tokens_per_s", "solver/iterations_mean",
+              "solver/converged_fraction", "head_contribution",
+              "gates/attn_mean", "gates/mlp_mean"):
+    assert key in train_rows[-1], key
+  assert train_rows[-1]["tokens_per_s"] > 0
   resumed = tmp_path / "resumed"
   first = trainer.train_and_evaluate(config, str(resumed), stop_at_step=3)
   assert first["step"] == 3
