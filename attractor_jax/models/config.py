@@ -35,6 +35,10 @@ class ModelConfig:
     logit_softcap: if set, logits = cap * tanh(logits / cap).
     ignore_index: targets equal to this are left out of the loss.
     embed_init_std, init_std, out_init_scale: initialisation.
+    head_out_init_scale: out_init_scale of the attractor head's blocks. Not
+      zero by default: a head whose output projections start at zero is the
+      constant map f(y; c) = c, which converges at once and gives its gates
+      no gradient.
     dtype, param_dtype: "float32" / "bfloat16" activations and parameters.
   """
 
@@ -65,6 +69,7 @@ class ModelConfig:
   embed_init_std: float = 0.02
   init_std: float = 0.02
   out_init_scale: float = 0.0
+  head_out_init_scale: float = 1.0
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -96,7 +101,9 @@ class ModelConfig:
         rope_theta=self.rope_theta, rope_convention=self.rope_convention,
         causal=self.causal, norm_eps=self.norm_eps,
         gate_max=self.gate_max if gated else None, gate_init=self.gate_init,
-        init_std=self.init_std, out_init_scale=self.out_init_scale,
+        init_std=self.init_std,
+        out_init_scale=(self.head_out_init_scale if gated
+                        else self.out_init_scale),
         dtype=self.jnp_dtype, param_dtype=self.jnp_param_dtype)
     fields.update(overrides)
     return blocks.BlockSpec(**fields)

@@ -46,6 +46,20 @@ def test_shapes_dtypes_and_a_converged_head_at_init(dtype):
   assert bool(jnp.all(out.head_contribution > 0))
 
 
+def test_default_head_is_not_the_constant_map_and_its_gates_learn():
+  model = attractor_lm.AttractorLM(
+      ModelConfig(vocab_size=VOCAB, dim=32, num_heads=2, mlp_dim=64,
+                  num_layers=1, head_layers=1), rngs=nnx.Rngs(0))
+  assert not np.any(np.asarray(model.backbone[0].attn.wo[...]))
+  assert np.any(np.asarray(model.head.blocks[0].attn.wo[...]))
+
+  def loss_fn(model):
+    return model(tokens(), targets=tokens(1)).loss
+
+  grads = nnx.grad(loss_fn)(model)
+  assert float(jnp.max(jnp.abs(grads.head.blocks[0].attn_gate.raw[...]))) > 0
+
+
 def test_gates_start_at_layer_scale_init():
   model = build(gate_init=0.15, gate_max=0.75)
   for block in model.head.blocks:
