@@ -33,16 +33,30 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float,
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(nnx.jit, static_argnames=("max_iter",))
-def _cached_step(model, tokens, cache, max_iter):
-  logits, cache, stats = model.forward_cached(tokens, cache, max_iter=max_iter)
-  return logits[:, -1], cache, stats
+# The model travels split (graphdef static, state as arrays) through plain
+# jax.jit, and sampling happens inside the step: per-token Python overhead is
+# what cached decoding must avoid.
+_STATIC = ("graphdef", "temperature", "top_k", "max_iter")
 
 
-@functools.partial(nnx.jit, static_argnames=("max_iter",))
-def _uncached_step(model, buffer, length, max_iter):
-  logits = model(buffer, max_iter=max_iter).logits
-  return jnp.take(logits, length - 1, axis=1)
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _cached_step(graphdef, state, tokens, cache, keys, index, *, temperature,
+                 top_k, max_iter):
+  model = nnx.merge(graphdef, state)
+  logits, cache, _ = model.forward_cached(tokens, cache, max_iter=max_iter)
+  logits = logits[:, -1]
+  token = sample_token(logits, keys[index], temperature, top_k)
+  return token, logits, cache
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _uncached_step(graphdef, state, buffer, length, keys, index, *,
+                   temperature, top_k, max_iter):
+  logits = nnx.merge(graphdef, state)(buffer, max_iter=max_iter).logits
+  logits = jnp.take(logits, length - 1, axis=1)
+  token = sample_token(logits, keys[index], temperature, top_k)
+  buffer = buffer.at[:, length].set(token, mode="drop")
+  return token, logits, buffer
 
 
 def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
@@ -55,7 +69,7 @@ def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
     model: an AttractorLM (cached decoding needs `init_cache` and
       `forward_cached`; uncached decoding works for any LM of this package).
     prompt: the prompts, all of one length.
-    num_new_tokens: tokens to sample.
+    num_new_tokens: tokens to sample (>= 1).
     key: PRNG key for sampling.
     temperature: 0 for greedy decoding.
     top_k: sample among the k most likely tokens.
@@ -69,31 +83,43 @@ def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
   """
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt must be [batch, length >= 1]; got {prompt.shape}.")
+  if num_new_tokens < 1:
+    raise ValueError(f"num_new_tokens must be >= 1; got {num_new_tokens}.")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0; got {temperature}.")
   prompt = prompt.astype(jnp.int32)
   batch, prompt_len = prompt.shape
   total = prompt_len + num_new_tokens
-  keys = jax.random.split(key, max(num_new_tokens, 1))
+  keys = jax.random.split(key, num_new_tokens)
+  graphdef, state = nnx.split(model)
+  static = dict(graphdef=graphdef, temperature=float(temperature),
+                top_k=top_k, max_iter=max_iter)
   tokens, all_logits = [], []
   if cached:
     kv_cache.check_room(0, total, total)
     cache = model.init_cache(batch, total)
-    logits, cache, _ = _cached_step(model, prompt, cache, max_iter)
+    token, logits, cache = _cached_step(
+        state=state, tokens=prompt, cache=cache, keys=keys, index=0, **static)
   else:
     buffer = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(
         prompt)
-    logits = _uncached_step(model, buffer, prompt_len, max_iter)
-  for i in range(num_new_tokens):
-    all_logits.append(logits)
-    token = sample_token(logits, keys[i], temperature, top_k)
+    token, logits, buffer = _uncached_step(
+        state=state, buffer=buffer, length=prompt_len, keys=keys, index=0,
+        **static)
+  for i in range(1, num_new_tokens + 1):
     tokens.append(token)
-    if i + 1 == num_new_tokens:
+    all_logits.append(logits)
+    if i == num_new_tokens:
       break
     if cached:
-      logits, cache, _ = _cached_step(model, token[:, None], cache, max_iter)
+      token, logits, cache = _cached_step(
+          state=state, tokens=token[:, None], cache=cache, keys=keys, index=i,
+          **static)
     else:
-      buffer = buffer.at[:, prompt_len + i].set(token)
-      logits = _uncached_step(model, buffer, prompt_len + i + 1, max_iter)
-  out = jnp.concatenate([prompt] + [t[:, None] for t in tokens], axis=1)
+      token, logits, buffer = _uncached_step(
+          state=state, buffer=buffer, length=prompt_len + i, keys=keys,
+          index=i, **static)
+  out = jnp.concatenate([prompt, jnp.stack(tokens, axis=1)], axis=1)
   if return_logits:
     return out, jnp.stack(all_logits, axis=1)
   return out
