@@ -29,12 +29,8 @@ from attractor_jax.nn import blocks
 def core_map(core, z: jax.Array, e: jax.Array, *, positions=None,
              segment_ids=None) -> jax.Array:
   """f(z; e) = e + R(z + e), R the summed residual updates of `core`."""
-  x = z + e
-  total = jnp.zeros_like(x)
-  for block in core:
-    total = total + block.branch(x + total, positions=positions,
-                                 segment_ids=segment_ids)
-  return e + total
+  return e + blocks.summed_branches(core, z + e, positions=positions,
+                                    segment_ids=segment_ids)
 
 
 class DEQ(nnx.Module):

@@ -84,12 +84,8 @@ class AttractorHead(nnx.Module):
   def residual(self, x: jax.Array, *, positions=None, segment_ids=None
                ) -> jax.Array:
     """R(x): the summed residual updates of the blocks applied in turn."""
-    total = jnp.zeros_like(x)
-    for block in self.blocks:
-      delta = block.branch(x + total, positions=positions,
-                           segment_ids=segment_ids)
-      total = total + delta
-    return total
+    return blocks_lib.summed_branches(self.blocks, x, positions=positions,
+                                      segment_ids=segment_ids)
 
   def map(self, y: jax.Array, c: jax.Array, *, positions=None,
           segment_ids=None) -> jax.Array:

@@ -149,3 +149,16 @@ class Block(nnx.Module):
                   segment_ids=segment_ids)
     h = self.attn_norm(x + self._gated(self.attn_gate, self.attn(x, **kwargs)))
     return self.mlp_norm(h + self._gated(self.mlp_gate, self.mlp(h)))
+
+
+def summed_branches(blocks, x: jax.Array, *, positions=None,
+                    segment_ids=None) -> jax.Array:
+  """R(x) of a stack of pre-norm blocks: their residual updates, summed.
+
+  Equals stack(x) - x, without the cancellation of that subtraction.
+  """
+  total = jnp.zeros_like(x)
+  for block in blocks:
+    total = total + block.branch(x + total, positions=positions,
+                                 segment_ids=segment_ids)
+  return total
