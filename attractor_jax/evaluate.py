@@ -9,7 +9,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
@@ -23,14 +22,11 @@ _BATCHES = flags.DEFINE_integer("eval_batches", None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  experiment.start_command(argv)
   state, _, config = trainer.load_trained(_WORKDIR.value, _STEP.value)
   if _BATCHES.value:
     config.eval_batches = _BATCHES.value
-  batches = experiment.prepare_data(config, _WORKDIR.value).validation
+  batches = experiment.prepare_validation(config, _WORKDIR.value)
   result = evaluation.evaluate(state.model, batches)
   print(f"step {state.step}: validation loss {result['loss']:.4f}, "
         f"perplexity {result['perplexity']:.2f} over {result['tokens']} "

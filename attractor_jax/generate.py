@@ -8,9 +8,9 @@ re-solves the whole prefix per token instead.
 
 from absl import app
 from absl import flags
-from absl import logging
 import ml_collections
 
+from attractor_jax.training import experiment
 from attractor_jax.training import trainer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
@@ -25,10 +25,7 @@ _CACHED = flags.DEFINE_bool("cached", True, "Use key/value caches.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+  experiment.start_command(argv)
   state, tokenizer, _ = trainer.load_trained(_WORKDIR.value, _STEP.value)
   sample = ml_collections.ConfigDict(dict(
       prompt=_PROMPT.value, num_tokens=_NUM_TOKENS.value,

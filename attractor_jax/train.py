@@ -11,10 +11,10 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from attractor_jax import configs
+from attractor_jax.training import experiment
 from attractor_jax.training import trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "lm.py")
@@ -28,10 +28,7 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)   # orbax logs every save at INFO
+  experiment.start_command(argv)
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

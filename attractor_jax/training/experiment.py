@@ -15,6 +15,9 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
+from absl import app
+from absl import flags
+from absl import logging
 
 from attractor_jax import data as data_lib
 from attractor_jax.models import presets
@@ -92,25 +95,47 @@ class LMData:
   validation: list[dict]     # a fixed list of batches
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
-  """Reads the corpus, gets or trains the tokenizer, builds the pipelines."""
+def _split_and_tokenizer(config, workdir):
+  """(train documents, validation documents, tokenizer) of the config."""
   data_config = config.data
-  documents = load_documents(data_config)
   train_docs, val_docs = data_lib.split_documents(
-      documents, data_config.validation_fraction, seed=config.seed)
+      load_documents(data_config), data_config.validation_fraction,
+      seed=config.seed)
   tokenizer = data_lib.get_or_train_tokenizer(
       workdir, train_docs, data_config.vocab_size,
       model_file=data_config.tokenizer_model or None)
-  common = dict(seq_len=data_config.seq_len, batch_size=config.batch_size,
-                eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                shard_index=jax.process_index(),
-                shard_count=jax.process_count())
+  return train_docs, val_docs, tokenizer
+
+
+def _dataset_options(config, tokenizer) -> dict:
+  return dict(seq_len=config.data.seq_len, batch_size=config.batch_size,
+              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+              shard_index=jax.process_index(),
+              shard_count=jax.process_count())
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
+  """Reads the corpus, gets or trains the tokenizer, builds the pipelines."""
+  train_docs, val_docs, tokenizer = _split_and_tokenizer(config, workdir)
   train = data_lib.make_lm_dataset(
       data_lib.TokenizedDocuments(train_docs, tokenizer), seed=config.seed,
-      shuffle=True, num_epochs=None, **common)
+      shuffle=True, num_epochs=None, **_dataset_options(config, tokenizer))
+  return LMData(tokenizer, train,
+                _validation_batches(config, val_docs, tokenizer))
+
+
+def prepare_validation(config: ml_collections.ConfigDict, workdir: str
+                       ) -> list[dict]:
+  """Only the validation batches (no training pipeline is built)."""
+  _, val_docs, tokenizer = _split_and_tokenizer(config, workdir)
+  return _validation_batches(config, val_docs, tokenizer)
+
+
+def _validation_batches(config, val_docs, tokenizer) -> list[dict]:
+  """The first `config.eval_batches` batches of the validation split."""
   validation_set = data_lib.make_lm_dataset(
       data_lib.tokenize_documents(val_docs, tokenizer), seed=0,
-      shuffle=False, num_epochs=1, **common)
+      shuffle=False, num_epochs=1, **_dataset_options(config, tokenizer))
   validation = []
   for batch in validation_set:
     validation.append(batch)
@@ -119,9 +144,21 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
   if not validation:
     raise ValueError(
         f"The validation split ({len(val_docs)} documents) is too small for "
-        f"one batch of {config.batch_size} x {data_config.seq_len} tokens; "
+        f"one batch of {config.batch_size} x {config.data.seq_len} tokens; "
         "raise data.validation_fraction or lower batch_size / seq_len.")
-  return LMData(tokenizer, train, validation)
+  return validation
+
+
+def start_command(argv) -> None:
+  """Shared start of the train / evaluate / generate commands.
+
+  Rejects stray arguments and, unless --verbosity was given, keeps absl's
+  log to warnings (orbax logs every checkpoint step at INFO).
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -40,21 +40,23 @@ class TrainState:
 
   model: nnx.Module
   optimizer: nnx.Optimizer
-  tx: optax.GradientTransformation
+
+  def _states(self) -> dict:
+    """The checkpointed nnx.States: model parameters, optimizer state."""
+    return {"model": nnx.state(self.model, nnx.Param),
+            "optimizer": nnx.state(self.optimizer)}
 
   def pure(self) -> dict:
     """Arrays only, for checkpoints: {"model": ..., "optimizer": ...}."""
-    return {"model": nnx.to_pure_dict(nnx.state(self.model, nnx.Param)),
-            "optimizer": nnx.to_pure_dict(nnx.state(self.optimizer))}
+    return {name: nnx.to_pure_dict(state)
+            for name, state in self._states().items()}
 
   def load(self, pure: dict) -> None:
     """Overwrites model and optimizer with `pure()`-shaped arrays."""
-    for target, values in ((self.model, pure["model"]),
-                           (self.optimizer, pure["optimizer"])):
-      state = nnx.state(target, nnx.Param) if target is self.model else (
-          nnx.state(target))
-      nnx.replace_by_pure_dict(state, values)
-      nnx.update(target, state)
+    targets = {"model": self.model, "optimizer": self.optimizer}
+    for name, state in self._states().items():
+      nnx.replace_by_pure_dict(state, pure[name])
+      nnx.update(targets[name], state)
 
   @property
   def step(self) -> int:
@@ -76,7 +78,7 @@ def create_train_state(model_config, optimizer_config, seed: int,
       state = nnx.state(target)
       nnx.update(target, jax.device_put(
           state, parallel.state_shardings(state, mesh)))
-  return TrainState(model, optimizer, tx)
+  return TrainState(model, optimizer)
 
 
 @functools.partial(nnx.jit, donate_argnums=(0, 1))
@@ -136,8 +138,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   data = experiment.prepare_data(config, workdir)
   model_config = experiment.model_config_from(config, data.tokenizer.vocab_size)
   mesh = parallel.make_mesh(**config.mesh.to_dict())
-  state = create_train_state(model_config, _optimizer_config(config),
-                             config.seed, mesh)
+  optimizer_config = _optimizer_config(config)
+  learning_rate = optimizers.lr_schedule(optimizer_config)
+  state = create_train_state(model_config, optimizer_config, config.seed, mesh)
   train_iterator = iter(data.train)
   checkpointer = checkpoints.Checkpointer(
       workdir, max_to_keep=config.keep_checkpoints,
@@ -158,8 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step += 1
     if step % config.log_every == 0 or step == last_step:
       scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
-      scalars["lr"] = float(optimizers.lr_schedule(
-          _optimizer_config(config))(step - 1))
+      scalars["lr"] = float(learning_rate(step - 1))
       scalars.update(metrics_lib.gate_means(state.model))
       now = time.perf_counter()
       scalars["tokens_per_s"] = (tokens_per_step * (step - logged_step)
