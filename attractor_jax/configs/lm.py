@@ -17,11 +17,14 @@ can be overridden on the command line:
 """
 
 import dataclasses
+import difflib
 import typing
 
 import ml_collections
 from ml_collections import config_dict
 
+from attractor_jax import errors
+from attractor_jax.models import presets
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 
@@ -44,8 +47,26 @@ def _placeholders(cls, skip=()) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def check_variant(variant: str) -> str:
+  """`variant` normalised; ConfigError unless it is `tiny` or a preset name."""
+  known = [TINY] + presets.list_presets()
+  if variant.strip().lower() in known:
+    return variant.strip().lower()
+  close = difflib.get_close_matches(variant, known, n=1, cutoff=0.6)
+  hint = f" Did you mean {close[0]!r}?" if close else ""
+  raise errors.ConfigError(
+      f"Unknown config variant {variant!r}.{hint} Use "
+      f"--config=attractor_jax/configs/lm.py:VARIANT with one of: "
+      f"{', '.join(known)}.")
+
+
 def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
-  """`tiny` (the embedded default) or a preset name such as attractor-140m."""
+  """`tiny` (the embedded default) or a preset name such as attractor-140m.
+
+  Raises:
+    errors.ConfigError: an unknown variant (before anything is built).
+  """
+  variant = check_variant(variant)
   tiny = variant == TINY
   config = ml_collections.ConfigDict()
   config.model = _placeholders(ModelConfig, skip=("kind",))
