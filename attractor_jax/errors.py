@@ -18,3 +18,7 @@ class ConfigError(UserError, ValueError):
 
 class MissingPathError(UserError, FileNotFoundError):
   """A file or directory the user named does not exist (or holds nothing)."""
+
+
+class DataError(UserError, ValueError):
+  """A corpus or tokenizer that cannot be used (empty, binary, too small)."""

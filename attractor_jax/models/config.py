@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Optional
 
 import jax.numpy as jnp
 
+from attractor_jax import errors
 from attractor_jax.nn import attractor_head
 from attractor_jax.nn import blocks
+from attractor_jax.nn import mlp as mlp_lib
+from attractor_jax.nn import rotary
 
 MODEL_KINDS = ("attractor", "gpt", "looped", "deq")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
@@ -74,16 +78,51 @@ class ModelConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    if self.kind not in MODEL_KINDS:
-      raise ValueError(f"Unknown model kind {self.kind!r}; expected one of "
-                       f"{MODEL_KINDS}.")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"Unknown {name} {getattr(self, name)!r}; expected "
-                         f"one of {sorted(DTYPES)}.")
+    """Checks names, sizes and ranges (cheaply: no parameters are built).
+
+    Raises:
+      errors.ConfigError: naming the field, the bad value and what it takes.
+    """
+    choices = dict(kind=MODEL_KINDS, dtype=tuple(DTYPES),
+                   param_dtype=tuple(DTYPES), mlp=mlp_lib.KINDS,
+                   norm=blocks.NORM_PLACEMENTS,
+                   rope_convention=rotary.CONVENTIONS)
+    for name, known in choices.items():
+      if getattr(self, name) not in known:
+        raise errors.ConfigError(
+            f"Unknown model.{name} {getattr(self, name)!r}; expected one of "
+            f"{', '.join(known)}.")
+    minimum = dict(vocab_size=1, dim=1, num_heads=1, mlp_dim=1,
+                   num_layers=0 if self.kind == "attractor" else 1,
+                   head_layers=1 if self.kind == "attractor" else 0,
+                   prelude_layers=0, coda_layers=0)
+    if self.kind == "looped":
+      minimum.update(mean_depth=1, backprop_depth=1)
+    for name, least in minimum.items():
+      value = getattr(self, name)
+      if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+          or value < least):
+        raise errors.ConfigError(
+            f"model.{name} must be an integer >= {least}; got {value!r}.")
     if self.dim % self.num_heads:
-      raise ValueError(f"dim {self.dim} is not divisible by num_heads "
-                       f"{self.num_heads}.")
+      raise errors.ConfigError(
+          f"model.dim {self.dim} is not divisible by model.num_heads "
+          f"{self.num_heads}.")
+    if (self.dim // self.num_heads) % 2:
+      raise errors.ConfigError(
+          f"model.dim / model.num_heads = {self.dim // self.num_heads} must "
+          "be even (rotary embeddings rotate pairs of channels).")
+    positive = dict(norm_eps=self.norm_eps, rope_theta=self.rope_theta,
+                    gate_max=self.gate_max)
+    if self.logit_softcap is not None:
+      positive["logit_softcap"] = self.logit_softcap
+    for name, value in positive.items():
+      if not value > 0:
+        raise errors.ConfigError(f"model.{name} must be > 0; got {value!r}.")
+    if self.kind == "attractor" and not 0 < self.gate_init < self.gate_max:
+      raise errors.ConfigError(
+          f"model.gate_init must lie in (0, gate_max={self.gate_max}); got "
+          f"{self.gate_init}.")
 
   @property
   def jnp_dtype(self):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from attractor_jax import errors
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 
@@ -138,19 +139,21 @@ def _lookup(name: str) -> Preset:
     return PRESETS[key]
   if key in _RENAMED:
     new_name, reason = _RENAMED[key]
-    raise ValueError(f"Preset {name!r} is named {new_name!r} here: {reason}.")
+    raise errors.ConfigError(
+        f"Preset {name!r} is named {new_name!r} here: {reason}.")
   close = difflib.get_close_matches(key, list(PRESETS), n=1, cutoff=0.6)
   hint = f" Did you mean {close[0]!r}?" if close else ""
-  raise ValueError(f"Unknown preset {name!r}.{hint} Known presets: "
-                   f"{', '.join(PRESETS)}.")
+  raise errors.ConfigError(f"Unknown preset {name!r}.{hint} Known presets: "
+                           f"{', '.join(PRESETS)}.")
 
 
 def get_preset(name: str) -> ModelConfig:
   """The ModelConfig of a named preset (case-insensitive).
 
   Raises:
-    ValueError: for an unknown name (with the known names and a close match)
-      or a public-code name that is spelled differently here.
+    errors.ConfigError (a ValueError): for an unknown name (with the known
+      names and a close match) or a public-code name that is spelled
+      differently here.
   """
   return _lookup(name).config
 

@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attractor_jax import errors
 from attractor_jax import solvers
 from attractor_jax.nn import blocks as blocks_lib
 from attractor_jax.nn.kv_cache import KVCache
+from attractor_jax.solvers.fixed_point import ON_BACKWARD_FAILURE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,41 @@ class SolveConfig:
   phantom_steps: int = 2
   phantom_damping: float = 1.0
   on_backward_failure: str = "warn"
+
+  def __post_init__(self):
+    """Checks names and ranges here, not at the first jitted step.
+
+    Raises:
+      errors.ConfigError: naming the field, the bad value and what it takes.
+    """
+    choices = dict(solver=tuple(solvers.SOLVERS),
+                   backward=tuple(solvers.BACKWARD_MODES),
+                   backward_solver=tuple(solvers.SOLVERS),
+                   on_backward_failure=tuple(ON_BACKWARD_FAILURE))
+    for name, known in choices.items():
+      if getattr(self, name) not in known:
+        raise errors.ConfigError(
+            f"Unknown solve.{name} {getattr(self, name)!r}; expected one of "
+            f"{', '.join(known)}.")
+    checks = (
+        ("history", self.history >= 1, ">= 1"),
+        ("mixing", 0 < self.mixing <= 1, "in (0, 1]"),
+        ("max_iter", self.max_iter >= 0, ">= 0"),
+        ("min_iter", self.min_iter >= 0, ">= 0"),
+        ("tol", self.tol > 0, "> 0"),
+        ("backward_max_iter", self.backward_max_iter is None
+         or self.backward_max_iter >= 0, ">= 0 (or None)"),
+        ("backward_tol", self.backward_tol is None or self.backward_tol > 0,
+         "> 0 (or None)"),
+        ("onestep_clip", self.onestep_clip is None or self.onestep_clip > 0,
+         "> 0 (or None)"),
+        ("phantom_steps", self.phantom_steps >= 1, ">= 1"),
+        ("phantom_damping", 0 < self.phantom_damping <= 1, "in (0, 1]"),
+    )
+    for name, ok, rule in checks:
+      if not ok:
+        raise errors.ConfigError(
+            f"solve.{name} must be {rule}; got {getattr(self, name)!r}.")
 
   def fixed_point_kwargs(self, max_iter: Optional[int] = None) -> dict:
     """Keyword arguments of `fixed_point`, with an optional max_iter override."""
