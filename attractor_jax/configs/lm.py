@@ -92,6 +92,11 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   config.checkpoint_every = 100 if tiny else 1000
   config.keep_checkpoints = 2 if tiny else 3
   config.depth_sweep = True
+  # A bad step (NaN loss or gradients, a failed forward solve, a loss past
+  # max_loss_factor * ln(vocab_size)) is skipped; this many in a row stop
+  # the run (0: never stop).
+  config.divergence = ml_collections.ConfigDict(dict(
+      max_consecutive_bad_steps=20, max_loss_factor=3.0))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw" if tiny else "muon",

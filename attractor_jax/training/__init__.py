@@ -4,9 +4,9 @@ from attractor_jax.training.checkpoints import abstract_like
 from attractor_jax.training.checkpoints import check_compatible
 from attractor_jax.training.checkpoints import CheckpointError
 from attractor_jax.training.checkpoints import Checkpointer
+from attractor_jax.training.checkpoints import config_differences
 from attractor_jax.training.checkpoints import config_to_dict
 from attractor_jax.training.checkpoints import ConfigMismatchError
-from attractor_jax.training.checkpoints import MODEL_SHAPE_KEYS
 from attractor_jax.training.metrics import format_duration
 from attractor_jax.training.metrics import gate_means
 from attractor_jax.training.metrics import lm_scalars

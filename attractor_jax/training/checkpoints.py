@@ -2,17 +2,22 @@
 
 Layout (one directory per saved step, orbax's default naming):
 
-    workdir/checkpoints/<step>/state/    params + optimizer state + step
-                                         (ocp.args.StandardSave, a pytree)
-    workdir/checkpoints/<step>/data/     the data iterator's state (JSON)
-    workdir/checkpoints/<step>/config/   the model / training config (JSON)
+    workdir/checkpoints/<step>/state/      params + optimizer state + step
+                                           (a pytree, orbax PyTreeSave)
+    workdir/checkpoints/<step>/data/       the data iterator's state (JSON)
+    workdir/checkpoints/<step>/config/     the model / training config (JSON)
+    workdir/checkpoints/<step>/checksums/  one checksum per array (JSON)
+    workdir/corrupt_checkpoints/<step>/    steps found unreadable, moved aside
 
 Saves are asynchronous (the call returns once arrays are copied off the
 device; `wait_until_finished` blocks); the last `max_to_keep` steps are kept.
-A run started on a workdir that holds checkpoints resumes from the latest:
+Orbax writes a step into a temporary directory and renames it when complete,
+so a process killed mid-save leaves only a temporary directory, which is
+ignored and removed when the directory is opened again. A run started on a
+workdir that holds checkpoints resumes from the latest readable one:
 
     ckpt = Checkpointer(workdir, max_to_keep=3, save_interval_steps=1000)
-    restored = ckpt.maybe_restore(abstract_state, current_config=config)
+    restored = ckpt.restore_latest_readable(abstract_state)
     if restored is not None:
       state, data_state, saved_config = restored
     ...
@@ -20,12 +25,14 @@ A run started on a workdir that holds checkpoints resumes from the latest:
     ...
     ckpt.close()
 
-Preemption: orbax's `CheckpointManager.save` already saves, off the interval,
-at a step where `reached_preemption(step)` is true (a multi-host sync point
-set when the job receives a preemption notice, e.g. a SIGTERM on Cloud TPU, if
-`jax.distributed` was initialised with preemption sync). A train loop should
-check `Checkpointer.reached_preemption(step)` after `save` and, if true,
-`wait_until_finished()` and exit (MaxText style).
+Restoring checks the saved tree against the target (every missing or
+reshaped array is named) and the arrays against the checksums written with
+them (see `checkpoint_integrity`).
+
+Preemption: `reached_preemption(step)` is orbax's multi-host sync point,
+true on every host at the same step once the job has received a preemption
+notice (when `jax.distributed` was initialised). The trainer saves there,
+waits until the save is durable and exits (see `training/preemption.py`).
 """
 
 from __future__ import annotations
@@ -33,28 +40,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Iterable, Mapping, Optional
+import time
+from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 
-# Config fields that fix parameter shapes (matched as dotted suffixes, so
-# "dim" matches both "dim" and "model.dim").
-MODEL_SHAPE_KEYS = ("kind", "vocab_size", "dim", "num_heads", "mlp_dim",
-                    "num_layers", "head_layers", "prelude_layers",
-                    "coda_layers", "mlp", "qk_norm", "tie_embeddings",
-                    "param_dtype")
-ITEMS = ("state", "data", "config")
+from attractor_jax import errors
+from attractor_jax.training import checkpoint_integrity as integrity
+
+CORRUPT_DIR = "corrupt_checkpoints"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be read (corrupt, partial or missing)."""
 
 
-class ConfigMismatchError(ValueError):
-  """A workdir's saved config is incompatible with the current one."""
+class ConfigMismatchError(errors.ConfigError):
+  """A workdir's checkpoint does not fit the model of the current config."""
 
 
 # -------------------------------------------------------------------- config
@@ -104,41 +110,36 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict:
   return flat
 
 
-def _selected(flat_key: str, keys: Optional[Iterable[str]]) -> bool:
-  if keys is None:
-    return True
-  return any(flat_key == k or flat_key.endswith("." + k) for k in keys)
+def config_differences(saved_config: Any, current_config: Any) -> list[str]:
+  """"field: saved X, current Y" for every field that differs (dotted paths).
+
+  A field present in only one config counts as a difference.
+  """
+  saved = _flatten(config_to_dict(saved_config))
+  current = _flatten(config_to_dict(current_config))
+  missing = object()
+  show = lambda v: "<missing>" if v is missing else repr(v)
+  diffs = []
+  for name in sorted(set(saved) | set(current)):
+    old, new = saved.get(name, missing), current.get(name, missing)
+    if old != new:
+      diffs.append(f"{name}: saved {show(old)}, current {show(new)}")
+  return diffs
 
 
-def check_compatible(saved_config: Any, current_config: Any,
-                     keys: Optional[Iterable[str]] = MODEL_SHAPE_KEYS
-                     ) -> None:
-  """Raises ConfigMismatchError naming every differing field.
+def check_compatible(saved_config: Any, current_config: Any) -> None:
+  """Raises ConfigMismatchError naming every field where the configs differ.
 
   Args:
     saved_config: the config stored with a checkpoint (dict, dataclass or
       ConfigDict; nested configs are compared field by field).
     current_config: the config of this run.
-    keys: fields to compare, as dotted paths or dotted suffixes ("dim"
-      matches "model.dim"); None compares every field. A field present in
-      only one config counts as a difference.
   """
-  saved = _flatten(config_to_dict(saved_config))
-  current = _flatten(config_to_dict(current_config))
-  missing = object()
-  diffs = []
-  for name in sorted(set(saved) | set(current)):
-    if not _selected(name, keys):
-      continue
-    old, new = saved.get(name, missing), current.get(name, missing)
-    if old != new:
-      show = lambda v: "<missing>" if v is missing else repr(v)
-      diffs.append(f"{name}: saved {show(old)}, current {show(new)}")
+  diffs = config_differences(saved_config, current_config)
   if diffs:
     raise ConfigMismatchError(
-        "The checkpoint's config does not match this run's config in "
-        f"{len(diffs)} field(s):\n  " + "\n  ".join(diffs) +
-        "\nUse a fresh workdir, or make the config match the checkpoint.")
+        f"The checkpoint's config differs from this run's in {len(diffs)} "
+        "field(s):\n  " + "\n  ".join(diffs))
 
 
 # -------------------------------------------------------------------- state
@@ -147,6 +148,15 @@ def check_compatible(saved_config: Any, current_config: Any,
 def abstract_like(state: Any) -> Any:
   """`jax.ShapeDtypeStruct`s (with shardings) of a pytree of arrays."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+class Restored(NamedTuple):
+  """What `Checkpointer.restore` read back."""
+
+  state: Any
+  data_state: dict
+  config: dict
+  step: int
 
 
 class Checkpointer:
@@ -158,8 +168,12 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: epath.PathLike, *, max_to_keep: Optional[int] = 3,
-               save_interval_steps: int = 1, async_save: bool = True):
+               save_interval_steps: int = 1, async_save: bool = True,
+               read_only: bool = False):
     """Opens (creating if needed) `workdir/checkpoints`.
+
+    Temporary directories of saves that never finished (the process died
+    mid-save) are removed here, unless `read_only`.
 
     Args:
       workdir: the run's directory.
@@ -168,13 +182,20 @@ class Checkpointer:
         first step saved into an empty directory (orbax's InitialSavePolicy),
         when forced, or at a preemption sync point.
       async_save: write in a background thread.
+      read_only: only read (evaluation, sampling): nothing is created,
+        cleaned up or saved, so a trainer may be writing meanwhile.
     """
     self.directory = epath.Path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=not read_only,
+        cleanup_tmp_directories=not read_only, read_only=read_only)
+    handlers = {"state": ocp.PyTreeCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+                "checksums": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=ITEMS)
+                                         item_handlers=handlers)
 
   def step_path(self, step: int) -> epath.Path:
     """Where step `step` lives."""
@@ -208,10 +229,13 @@ class Checkpointer:
     """
     if step in self.all_steps():
       return False
+    if not (force or self.manager.should_save(step)):
+      return False
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.PyTreeSave(state),
         data=ocp.args.JsonSave(dict(data_state or {})),
-        config=ocp.args.JsonSave(config_to_dict(config)))
+        config=ocp.args.JsonSave(config_to_dict(config)),
+        checksums=ocp.args.JsonSave(integrity.tree_checksums(state)))
     return self.manager.save(step, args=args, force=force)
 
   def _restore(self, step: int, **items):
@@ -219,58 +243,149 @@ class Checkpointer:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:   # orbax raises many types for damaged files.
       raise CheckpointError(
-          f"Could not restore item(s) {sorted(items)} of the checkpoint at "
-          f"step {step} in {self.step_path(step)}: it may be corrupt or "
-          "partially written, or not match the target's structure "
-          f"({type(e).__name__}: {e}). Delete that step's directory to resume "
-          "from an earlier one.") from e
+          f"Could not read item(s) {sorted(items)} of the checkpoint at "
+          f"step {step} in {self.step_path(step)}: it is corrupt or "
+          f"incomplete ({type(e).__name__}: {_first_line(e)})") from e
+
+  def _saved_tree(self, step: int) -> Any:
+    try:
+      metadata = self.manager.item_metadata(step)["state"]
+    except Exception as e:   # same: a damaged step fails in many ways.
+      raise CheckpointError(
+          f"Could not read the array metadata of the checkpoint at step "
+          f"{step} in {self.step_path(step)}: it is corrupt or incomplete "
+          f"({type(e).__name__}: {_first_line(e)})") from e
+    tree = getattr(metadata, "tree", metadata)
+    if not jax.tree.leaves(tree):
+      raise CheckpointError(
+          f"The checkpoint at step {step} in {self.step_path(step)} has no "
+          "array metadata: it is corrupt or incomplete.")
+    return tree
 
   def restore(self, step: Optional[int] = None, abstract_state: Any = None, *,
-              current_config: Any = None,
-              compatible_keys: Optional[Iterable[str]] = MODEL_SHAPE_KEYS):
-    """Restores (state, data_state, config) of `step` (default: latest).
+              current_config: Any = None, partial: bool = False):
+    """Restores `step` (default: the latest) as a `Restored` tuple.
 
     Args:
       step: which checkpoint; None for the latest.
       abstract_state: the target pytree (ShapeDtypeStructs or arrays): the
-        restored state takes its structure, dtypes and shardings. None
-        restores the saved structure as is.
-      current_config: if given, checked against the saved config first
-        (`check_compatible` with `compatible_keys`).
-      compatible_keys: see `check_compatible`.
+        restored state takes its structure, dtypes and shardings, and must
+        match the saved tree exactly (every difference is named in the
+        error). None restores the saved structure as is.
+      current_config: this run's config; when the trees differ, the error
+        also lists the config fields that differ from the saved config.
+      partial: `abstract_state` is a subset of the saved tree (e.g. only the
+        parameters); nothing else is read.
 
     Raises:
       FileNotFoundError: no checkpoint (at that step).
-      ConfigMismatchError: the saved config differs from `current_config`.
-      CheckpointError: the checkpoint cannot be read.
+      ConfigMismatchError: the checkpoint does not fit `abstract_state`.
+      CheckpointError: the checkpoint cannot be read, or its arrays do not
+        match the checksums saved with them.
     """
     self.wait_until_finished()
     if step is None:
       step = self.latest_step()
       if step is None:
-        raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        raise errors.MissingPathError(f"No checkpoint in {self.directory}.")
     elif step not in self.all_steps():
-      raise FileNotFoundError(f"No checkpoint of step {step} in "
-                              f"{self.directory}; have {self.all_steps()}.")
-    meta = self._restore(step, data=ocp.args.JsonRestore(),
-                         config=ocp.args.JsonRestore())
-    if current_config is not None:
-      check_compatible(meta.config, current_config, compatible_keys)
-    if abstract_state is not None:
+      raise errors.MissingPathError(
+          f"No checkpoint of step {step} in {self.directory}; have "
+          f"{self.all_steps()}.")
+    has_checksums = (self.step_path(step) / "checksums").exists()
+    meta_items = dict(data=ocp.args.JsonRestore(),
+                      config=ocp.args.JsonRestore())
+    if has_checksums:
+      meta_items["checksums"] = ocp.args.JsonRestore()
+    meta = self._restore(step, **meta_items)
+    saved_config = dict(meta.config or {})
+    if abstract_state is None:
+      state_args = ocp.args.PyTreeRestore()
+    else:
       abstract_state = abstract_like(abstract_state)
-    state = self._restore(
-        step, state=ocp.args.StandardRestore(abstract_state)).state
-    return state, dict(meta.data or {}), dict(meta.config or {})
+      self._check_structure(step, abstract_state, saved_config,
+                            current_config, partial)
+      state_args = ocp.args.PyTreeRestore(
+          item=abstract_state,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract_state),
+          partial_restore=partial)
+    state = self._restore(step, state=state_args).state
+    if has_checksums:
+      bad = integrity.checksum_mismatches(meta.checksums or {}, state)
+      if bad:
+        raise CheckpointError(
+            f"The checkpoint at step {step} in {self.step_path(step)} is "
+            f"corrupt: {len(bad)} array(s) do not match the checksums saved "
+            f"with them ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}"
+            ").")
+    return Restored(state, dict(meta.data or {}), saved_config, step)
 
-  def maybe_restore(self, abstract_state: Any = None, *,
-                    current_config: Any = None,
-                    compatible_keys: Optional[Iterable[str]] = MODEL_SHAPE_KEYS
-                    ):
-    """`restore` of the latest checkpoint, or None if there is none."""
-    if self.latest_step() is None:
-      return None
-    return self.restore(None, abstract_state, current_config=current_config,
-                        compatible_keys=compatible_keys)
+  def _check_structure(self, step, abstract_state, saved_config,
+                       current_config, partial) -> None:
+    diffs = integrity.structure_differences(
+        self._saved_tree(step), abstract_state, partial=partial)
+    if not diffs:
+      return
+    message = (f"The checkpoint at step {step} in {self.step_path(step)} "
+               f"does not fit this model: {len(diffs)} array(s) differ:\n  "
+               + "\n  ".join(diffs[:20])
+               + ("\n  ..." if len(diffs) > 20 else ""))
+    if current_config is not None:
+      fields = config_differences(saved_config, current_config)
+      if fields:
+        message += ("\nConfig fields that differ from the checkpoint's:\n  "
+                    + "\n  ".join(fields))
+    raise ConfigMismatchError(
+        message + "\nUse a fresh workdir, or make the config match the "
+        "checkpoint.")
+
+  def restore_latest_readable(self, abstract_state: Any = None, *,
+                              current_config: Any = None,
+                              partial: bool = False,
+                              move_corrupt: bool = True):
+    """`restore` of the newest checkpoint that reads back intact, or None.
+
+    A step that cannot be read (truncated or corrupted files, a failed
+    checksum) is reported with a warning naming it and, with `move_corrupt`,
+    moved to `workdir/corrupt_checkpoints/` (kept, not deleted, and out of
+    the way of the steps a resumed run will save); the next older step is
+    tried. A checkpoint that does not fit the model is not a corruption: its
+    ConfigMismatchError propagates.
+
+    Returns:
+      None if the directory holds no checkpoint at all.
+
+    Raises:
+      CheckpointError: checkpoints exist but none of them is readable.
+    """
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(step, abstract_state,
+                            current_config=current_config, partial=partial)
+      except CheckpointError as e:
+        failures.append(str(e))
+        where = ""
+        if move_corrupt:
+          where = f"; moved it to {self._move_aside(step)}"
+        logging.warning("Skipping an unreadable checkpoint%s. %s", where, e)
+        print(f"warning: skipping the unreadable checkpoint of step {step}"
+              f"{where}.", flush=True)
+    if failures:
+      raise CheckpointError(
+          f"None of the {len(failures)} checkpoint(s) in {self.directory} "
+          "can be read; the newest failed with: " + failures[0])
+    return None
+
+  def _move_aside(self, step: int) -> epath.Path:
+    """Moves a step's directory under `corrupt_checkpoints/`."""
+    target_dir = self.directory.parent / CORRUPT_DIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    self.step_path(step).rename(target)
+    self.manager.reload()
+    return target
 
   def wait_until_finished(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -285,3 +400,8 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return text[0][:300] if text else ""

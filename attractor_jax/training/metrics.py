@@ -64,13 +64,18 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
-               enabled: Optional[bool] = None):
+               enabled: Optional[bool] = None,
+               resume_step: Optional[int] = None):
     """Opens the writers (creating `workdir`).
 
     Args:
       workdir: the run's directory.
       tensorboard: also write TensorBoard event files.
       enabled: write at all; default: on process 0 only.
+      resume_step: the step training resumes from. Records of later steps
+        (written before a crash or preemption, and about to be redone) are
+        dropped from metrics.jsonl, and TensorBoard is told to purge them,
+        so every step is logged once.
     """
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.workdir = os.fspath(workdir)
@@ -81,10 +86,14 @@ class MetricWriter:
     if not self.enabled:
       return
     os.makedirs(self.workdir, exist_ok=True)
+    purge_step = None
+    if resume_step is not None:
+      _drop_records_after(self.jsonl_path, resume_step)
+      purge_step = resume_step + 1
     self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if tensorboard:
       self._summary = tensorboardX.SummaryWriter(
-          logdir=self.tensorboard_dir, flush_secs=30)
+          logdir=self.tensorboard_dir, flush_secs=30, purge_step=purge_step)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Logs `scalars` (numbers or one-element arrays) at `step`."""
@@ -119,6 +128,29 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _record_step(line: str) -> float:
+  """The step of a metrics.jsonl line; inf for a torn (half-written) one."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  """Rewrites a metrics.jsonl without the records of steps after `step`."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [line for line in lines if _record_step(line) <= step]
+  if len(kept) == len(lines):
+    return
+  temporary = path + ".tmp"
+  with open(temporary, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(temporary, path)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

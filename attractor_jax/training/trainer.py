@@ -24,6 +24,7 @@ from absl import logging
 from flax import nnx
 
 from attractor_jax import data as data_lib
+from attractor_jax import errors
 from attractor_jax import models
 from attractor_jax import parallel
 from attractor_jax.training import checkpoints
@@ -32,6 +33,7 @@ from attractor_jax.training import experiment
 from attractor_jax.training import generation
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import optimizers
+from attractor_jax.training import run_guards
 
 
 @dataclasses.dataclass
@@ -82,8 +84,15 @@ def create_train_state(model_config, optimizer_config, seed: int,
 
 
 @functools.partial(nnx.jit, donate_argnums=(0, 1))
-def train_step(model, optimizer, batch):
-  """One optimizer step on a batch; returns scalar metrics."""
+def train_step(model, optimizer, batch, loss_limit=jnp.inf):
+  """One optimizer step on a batch; returns scalar metrics.
+
+  A bad step (see `run_guards.step_health`: non-finite loss or gradients, a
+  forward solve that failed, a loss past `loss_limit`) changes neither the
+  parameters nor the optimizer state: its gradients are replaced by NaN, which
+  the optimizer's `apply_if_finite` skips and counts. `health/<check>` says
+  which check failed; `bad_steps_in_a_row` counts the current run of them.
+  """
 
   def loss_fn(model):
     out = model(batch["inputs"], targets=batch["targets"],
@@ -91,12 +100,17 @@ def train_step(model, optimizer, batch):
     return out.loss, out
 
   (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  health = run_guards.step_health(loss, grads, out.stats, loss_limit)
+  bad = functools.reduce(jnp.logical_or, health.values())
+  grad_norm = optax.tree.norm(grads)
+  grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
   optimizer.update(model, grads)
-  del loss  # in `out`
   scalars = metrics_lib.lm_scalars(out)
+  scalars.update({f"health/{k}": v for k, v in health.items()})
   scalars.update(
-      grad_norm=optax.tree.norm(grads),
-      skipped_updates=optimizers.skipped_updates(optimizer.opt_state))
+      grad_norm=grad_norm,
+      skipped_updates=optimizers.skipped_updates(optimizer.opt_state),
+      bad_steps_in_a_row=optimizers.consecutive_skipped(optimizer.opt_state))
   return scalars
 
 
@@ -106,12 +120,13 @@ def _optimizer_config(config) -> optimizers.OptimizerConfig:
 
 
 def _restore(state: TrainState, checkpointer, model_config, data_iterator):
-  """Resumes from the latest checkpoint; returns its step (0 if none)."""
-  restored = checkpointer.maybe_restore(state.pure(),
-                                        current_config=model_config)
+  """Resumes from the latest readable checkpoint; returns its step (0 if
+  none)."""
+  restored = checkpointer.restore_latest_readable(
+      state.pure(), current_config=model_config)
   if restored is None:
     return 0
-  pure, data_state, _ = restored
+  pure, data_state, _, _ = restored
   state.load(pure)
   if data_state:
     data_iterator.set_state(data_state)
@@ -124,6 +139,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: Optional[int] = None) -> dict[str, Any]:
   """Trains (resuming if the workdir has checkpoints), evaluates, samples.
 
+  Holds the workdir's lock throughout (a second trainer is refused). On
+  SIGTERM the current step finishes, a checkpoint is saved and made durable,
+  and the summary says `preempted`. A run of
+  `config.divergence.max_consecutive_bad_steps` bad steps stops the run with
+  `run_guards.TrainingDivergedError`; no checkpoint is written during such a
+  run, so the good ones are never rotated out.
+
   Args:
     config: a config of `attractor_jax/configs/lm.py`.
     workdir: where checkpoints, tokenizer, metrics and evaluation go.
@@ -132,9 +154,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Returns:
     The final training and validation metrics, the depth sweep rows and the
-    sample text.
+    sample text; `preempted` is True if a SIGTERM stopped the run.
   """
-  os.makedirs(workdir, exist_ok=True)
+  with run_guards.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir, stop_at_step)
+
+
+def _train_and_evaluate(config, workdir, stop_at_step):
   data = experiment.prepare_data(config, workdir)
   model_config = experiment.model_config_from(config, data.tokenizer.vocab_size)
   mesh = parallel.make_mesh(**config.mesh.to_dict())
@@ -146,46 +172,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       workdir, max_to_keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every)
   step = _restore(state, checkpointer, model_config, train_iterator)
-  experiment.save_config(config, workdir)    # only once it is compatible
+  preemption = run_guards.PreemptionWatcher(checkpointer)
   last_step = min(config.total_steps, stop_at_step or config.total_steps)
-  writer = metrics_lib.MetricWriter(workdir)
+  loss_limit = run_guards.loss_limit(config, model_config.vocab_size)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=step)
   tokens_per_step = config.batch_size * config.data.seq_len
   progress = metrics_lib.ProgressLine(config.total_steps,
                                       tokens_per_step=tokens_per_step)
-  summary: dict[str, Any] = {"start_step": step}
+  summary: dict[str, Any] = {"start_step": step, "preempted": False}
   scalars = {}
   logged_step, logged_time = step, time.perf_counter()
-  while step < last_step:
-    batch = parallel.shard_batch(next(train_iterator), mesh)
-    scalars = train_step(state.model, state.optimizer, batch)
-    step += 1
-    if step % config.log_every == 0 or step == last_step:
-      scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
-      scalars["lr"] = float(learning_rate(step - 1))
-      scalars.update(metrics_lib.gate_means(state.model))
-      now = time.perf_counter()
-      scalars["tokens_per_s"] = (tokens_per_step * (step - logged_step)
-                                 / max(now - logged_time, 1e-9))
-      logged_step, logged_time = step, now
-      writer.write_scalars(step, scalars)
-      progress.print(step, scalars)
-      if not np.isfinite(scalars["loss"]):
-        logging.warning("Non-finite loss at step %d.", step)
-    if step % config.eval_every == 0 or step == last_step:
-      val = evaluation.evaluate(state.model, data.validation)
-      writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
-      summary["validation"] = val
-    if (step % config.checkpoint_every == 0 or step == last_step
-        or checkpointer.reached_preemption(step)):
-      checkpointer.save(step, state.pure(), train_iterator.get_state(),
-                        model_config, force=True)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
+  config_saved = False
+  try:
+    while step < last_step:
+      batch = parallel.shard_batch(next(train_iterator), mesh)
+      scalars = train_step(state.model, state.optimizer, batch, loss_limit)
+      step += 1
+      bad_in_a_row = int(scalars["bad_steps_in_a_row"])
+      if not config_saved:
+        # Only a config that restored and ran a step may describe the workdir.
+        experiment.save_config(config, workdir)
+        config_saved = True
+      if bad_in_a_row:
+        _report_bad_step(config, step, bad_in_a_row, scalars, loss_limit,
+                         checkpointer)
+      if step % config.log_every == 0 or step == last_step:
+        scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
+        scalars["lr"] = float(learning_rate(step - 1))
+        scalars.update(metrics_lib.gate_means(state.model))
+        now = time.perf_counter()
+        scalars["tokens_per_s"] = (tokens_per_step * (step - logged_step)
+                                   / max(now - logged_time, 1e-9))
+        logged_step, logged_time = step, now
+        writer.write_scalars(step, scalars)
+        progress.print(step, scalars)
+      if step % config.eval_every == 0 or step == last_step:
+        val = evaluation.evaluate(state.model, data.validation)
+        writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
+        summary["validation"] = val
+      preempted = preemption.should_stop(step)
+      if bad_in_a_row:
+        continue        # never checkpoint in the middle of a bad run
+      if (step % config.checkpoint_every == 0 or step == last_step
+          or preempted):
+        checkpointer.save(step, state.pure(), train_iterator.get_state(),
+                          model_config, force=True)
+      if preempted:
+        checkpointer.wait_until_finished()
+        print(f"Preempted: saved step {step} in {checkpointer.directory}; "
+              "run the same command again to resume.", flush=True)
+        summary["preempted"] = True
+        break
+  finally:
+    preemption.close()
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
   summary.update(step=step, train={k: float(v) for k, v in scalars.items()})
   if step == config.total_steps and step > summary["start_step"]:
     summary.update(_finish(config, workdir, state, data))
-  writer.close()
   return summary
+
+
+def _report_bad_step(config, step, bad_in_a_row, scalars, loss_limit,
+                     checkpointer) -> None:
+  """Warns at the start of a run of bad steps; raises once it is too long."""
+  flags = {k.split("/", 1)[1]: bool(v) for k, v in scalars.items()
+           if k.startswith("health/")}
+  reasons = run_guards.describe_bad_step(flags)
+  limit = config.divergence.max_consecutive_bad_steps
+  if bad_in_a_row == 1:
+    logging.warning("Step %d skipped: %s.", step, reasons)
+    print(f"warning: step {step} skipped: {reasons} (loss "
+          f"{float(scalars['loss']):.4g}).", flush=True)
+  if limit and bad_in_a_row >= limit:
+    checkpointer.wait_until_finished()
+    raise run_guards.TrainingDivergedError(run_guards.diverged_message(
+        step, bad_in_a_row, reasons, loss_limit, checkpointer.latest_step(),
+        checkpointer.directory))
 
 
 def _finish(config, workdir, state: TrainState, data) -> dict[str, Any]:
@@ -219,19 +283,42 @@ def sample_text(model, tokenizer, sample_config, *, seed: int = 0,
   return tokenizer.decode([int(t) for t in tokens[0]])
 
 
+@dataclasses.dataclass
+class TrainedModel:
+  """A model restored for inference, and the step it was saved at."""
+
+  model: nnx.Module
+  step: int
+
+
 def load_trained(workdir: str, step: Optional[int] = None):
-  """(TrainState, tokenizer, config) of a run's checkpoint (default latest).
+  """(TrainedModel, tokenizer, config) of a run's checkpoint (default: the
+  latest readable one). Only the parameters are read: no optimizer is built
+  and its moments stay on disk.
 
   Raises:
     FileNotFoundError: not a training workdir, or no checkpoint there.
+    checkpoints.CheckpointError: the checkpoint (or, for the latest, every
+      checkpoint) cannot be read.
   """
   config = experiment.load_config(workdir)
   tokenizer = data_lib.load_tokenizer(os.path.join(workdir, "tokenizer.model"))
   model_config = experiment.model_config_from(config, tokenizer.vocab_size)
-  state = create_train_state(model_config, _optimizer_config(config),
-                             config.seed)
-  with checkpoints.Checkpointer(workdir) as checkpointer:
-    pure, _, _ = checkpointer.restore(step, state.pure(),
-                                      current_config=model_config)
-  state.load(pure)
-  return state, tokenizer, config
+  model = models.build_model(model_config, rngs=nnx.Rngs(config.seed))
+  params = nnx.state(model, nnx.Param)
+  target = {"model": nnx.to_pure_dict(params)}
+  with checkpoints.Checkpointer(workdir, read_only=True) as checkpointer:
+    if step is None:
+      restored = checkpointer.restore_latest_readable(
+          target, current_config=model_config, partial=True,
+          move_corrupt=False)
+      if restored is None:
+        raise errors.MissingPathError(
+            f"No checkpoint in {checkpointer.directory}: train first.")
+    else:
+      restored = checkpointer.restore(step, target,
+                                      current_config=model_config,
+                                      partial=True)
+  nnx.replace_by_pure_dict(params, restored.state["model"])
+  nnx.update(model, params)
+  return TrainedModel(model, restored.step), tokenizer, config

@@ -67,8 +67,8 @@ def test_resumed_run_is_bitwise_equal_to_a_straight_run(straight_run,
   assert first["step"] == 3
   second = trainer.train_and_evaluate(config, str(resumed))
   assert second["start_step"] == 3 and second["step"] == 6
-  state_a, data_a, _ = final_checkpoint(straight)
-  state_b, data_b, _ = final_checkpoint(resumed)
+  state_a, data_a, _, _ = final_checkpoint(straight)
+  state_b, data_b, _, _ = final_checkpoint(resumed)
   assert data_a == data_b and data_a            # same data position
   leaves_a = jax.tree_util.tree_leaves_with_path(state_a)
   leaves_b = jax.tree_util.tree_leaves_with_path(state_b)
