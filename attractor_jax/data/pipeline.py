@@ -28,6 +28,7 @@ from typing import Any
 
 import grain
 
+from attractor_jax import errors
 from attractor_jax.data.packing import IGNORE_INDEX
 from attractor_jax.data.packing import PackedRows
 
@@ -84,7 +85,7 @@ def make_lm_dataset(token_documents: Any, seq_len: int, batch_size: int, *,
     raise ValueError(f"PackedRows has seq_len {rows.seq_len}, not {seq_len}")
   rows_per_shard = len(rows) // shard_count
   if rows_per_shard == 0 or (drop_remainder and rows_per_shard < batch_size):
-    raise ValueError(
+    raise errors.DataError(
         f"The corpus packs into {len(rows)} rows of {seq_len + 1} tokens, "
         f"{rows_per_shard} per shard for {shard_count} shard(s): too few for "
         f"a batch of {batch_size}. Use more text, a smaller seq_len or batch.")

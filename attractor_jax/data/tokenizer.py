@@ -18,12 +18,15 @@ from __future__ import annotations
 import io
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from attractor_jax import errors
 
 TOKENIZER_FILENAME = "tokenizer.model"
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -78,12 +81,20 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   """Loads a SentencePiece `.model` file.
 
   Raises:
-    FileNotFoundError: the file does not exist.
+    errors.MissingPathError (a FileNotFoundError): the file does not exist.
+    errors.DataError (a ValueError): it is not a SentencePiece model.
   """
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
-    raise FileNotFoundError(f"Tokenizer model file does not exist: '{path}'")
-  return Tokenizer(spm.SentencePieceProcessor(model_file=str(path)), path)
+    raise errors.MissingPathError(
+        f"Tokenizer model file does not exist: '{path}'")
+  try:
+    processor = spm.SentencePieceProcessor(model_file=str(path))
+  except (RuntimeError, OSError) as error:
+    raise errors.DataError(
+        f"'{path}' is not a SentencePiece model file; pass a .model file "
+        "written by SentencePiece") from error
+  return Tokenizer(processor, path)
 
 
 def _training_sentences(documents: Iterable[str], max_sentences: int,
@@ -91,7 +102,8 @@ def _training_sentences(documents: Iterable[str], max_sentences: int,
   sentences = [line for document in documents
                for line in document.split("\n") if line.strip()]
   if not sentences:
-    raise ValueError("Cannot train a tokenizer: the documents hold no text")
+    raise errors.DataError(
+        "Cannot train a tokenizer: the documents hold no text")
   if len(sentences) > max_sentences:
     chosen = np.random.default_rng(seed).choice(
         len(sentences), size=max_sentences, replace=False)
@@ -139,17 +151,35 @@ def train_sentencepiece(documents: Iterable[str], vocab_size: int,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
         num_threads=num_threads, minloglevel=2)
   except RuntimeError as error:
-    raise ValueError(
-        f"SentencePiece training with vocab_size={vocab_size} on "
-        f"{len(sentences)} lines failed: {error}") from error
+    raise errors.DataError(
+        _training_failure(str(error), vocab_size, len(sentences))) from error
   path = pathlib.Path(f"{os.fspath(model_prefix)}.model").expanduser()
   _write_atomically(model.getvalue(), path)
   return path
 
 
+def _training_failure(message: str, vocab_size: int, lines: int) -> str:
+  """SentencePiece's reason for failing, as a line that says what to do."""
+  too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it "
+                       r"to a value <= (\d+)", message)
+  if too_high:
+    return (f"vocab_size={vocab_size} is too large for this corpus "
+            f"({lines} lines): SentencePiece can make at most "
+            f"{too_high.group(1)} pieces from it; use a smaller vocab_size "
+            "or more text")
+  too_low = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+  if too_low:
+    return (f"vocab_size={vocab_size} is too small: this corpus needs at "
+            f"least {too_low.group(1)} pieces (256 bytes, 5 special pieces "
+            "and its characters)")
+  first = message.strip().splitlines()[0] if message.strip() else message
+  return (f"SentencePiece training with vocab_size={vocab_size} on {lines} "
+          f"lines failed: {first}")
+
+
 def _check_vocab_size(tokenizer: Tokenizer, vocab_size: int | None) -> None:
   if vocab_size is not None and tokenizer.vocab_size != vocab_size:
-    raise ValueError(
+    raise errors.DataError(
         f"Tokenizer '{tokenizer.path}' has vocab_size {tokenizer.vocab_size}, "
         f"but vocab_size {vocab_size} was requested. Use a fresh workdir, "
         "delete the file to retrain, or request its vocab size.")
@@ -188,13 +218,13 @@ def get_or_train_tokenizer(workdir: str | os.PathLike,
   if model_file is not None:
     source = pathlib.Path(model_file).expanduser()
     if not source.is_file():
-      raise FileNotFoundError(
+      raise errors.MissingPathError(
           f"Tokenizer model file does not exist: '{source}'")
     if not target.exists():
       target.parent.mkdir(parents=True, exist_ok=True)
       shutil.copyfile(source, target)
     elif target.read_bytes() != source.read_bytes():
-      raise ValueError(
+      raise errors.DataError(
           f"Workdir tokenizer '{target}' differs from the given model file "
           f"'{source}'; a run must keep one tokenizer.")
   elif not target.exists():
