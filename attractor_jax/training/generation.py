@@ -5,12 +5,17 @@ backbone over cached keys/values and solves the head for that position alone
 against its cached fixed point (O(1) head work per token). Uncached decoding
 re-runs the whole model, re-solving every position, for each new token: the
 reference it is tested against, and the public code's behaviour.
+
+Decoding never runs past its caches (they are built for the whole output, and
+a cache that overflowed anyway is an error), and warns when it runs past the
+context the model was trained on.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Optional
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +67,8 @@ def _uncached_step(graphdef, state, buffer, length, keys, index, *,
 def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
              key: jax.Array, temperature: float = 1.0,
              top_k: Optional[int] = None, cached: bool = True,
-             max_iter: Optional[int] = None, return_logits: bool = False):
+             max_iter: Optional[int] = None, return_logits: bool = False,
+             trained_context: Optional[int] = None):
   """Extends int `[batch, prompt_len]` prompts by `num_new_tokens` tokens.
 
   Args:
@@ -77,9 +83,15 @@ def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
     max_iter: test-time solver steps of the head (None: as configured).
     return_logits: also return the `[batch, num_new_tokens, vocab]` logits
       that each sampled token was drawn from.
+    trained_context: the sequence length the model was trained on (the
+      training config's `data.seq_len`); decoding to more positions than this
+      warns once, as those positions were never seen in training.
 
   Returns:
     int32 `[batch, prompt_len + num_new_tokens]`, and the logits if asked.
+
+  Raises:
+    ValueError: for bad arguments, or if a key/value cache overflowed.
   """
   if prompt.ndim != 2 or prompt.shape[1] < 1:
     raise ValueError(f"prompt must be [batch, length >= 1]; got {prompt.shape}.")
@@ -90,13 +102,18 @@ def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
   prompt = prompt.astype(jnp.int32)
   batch, prompt_len = prompt.shape
   total = prompt_len + num_new_tokens
+  if trained_context is not None and total > trained_context:
+    warnings.warn(
+        f"Decoding {total} positions, past the {trained_context} positions "
+        f"the model was trained on: positions {trained_context}..{total - 1} "
+        "were never seen in training, so their outputs are unreliable.",
+        stacklevel=2)
   keys = jax.random.split(key, num_new_tokens)
   graphdef, state = nnx.split(model)
   static = dict(graphdef=graphdef, temperature=float(temperature),
                 top_k=top_k, max_iter=max_iter)
   tokens, all_logits = [], []
   if cached:
-    kv_cache.check_room(0, total, total)
     cache = model.init_cache(batch, total)
     token, logits, cache = _cached_step(
         state=state, tokens=prompt, cache=cache, keys=keys, index=0, **static)
@@ -119,6 +136,8 @@ def generate(model: nnx.Module, prompt: jax.Array, num_new_tokens: int, *,
       token, logits, buffer = _uncached_step(
           state=state, buffer=buffer, length=prompt_len + i, keys=keys,
           index=i, **static)
+  if cached:
+    kv_cache.check_not_overflowed(cache)
   out = jnp.concatenate([prompt, jnp.stack(tokens, axis=1)], axis=1)
   if return_logits:
     return out, jnp.stack(all_logits, axis=1)
