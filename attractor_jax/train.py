@@ -5,23 +5,24 @@ a tiny Attractor LM on the built-in Shakespeare corpus, a few minutes on a
 CPU). Pick another with --config=attractor_jax/configs/lm.py:VARIANT and
 override any field with --config.FIELD=VALUE. A workdir that holds
 checkpoints is resumed.
+
+The whole config is checked before anything is written: a bad input prints
+`error: ...` and what to do, and exits with status 2 (docs/bad_inputs.md).
 """
 
 import os
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 
+from attractor_jax import commands
 from attractor_jax import configs
 from attractor_jax.training import experiment
 from attractor_jax.training import trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "lm.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Training config file[:variant].",
-    lock_config=True)
+_CONFIG = commands.define_config_file(
+    "config", _DEFAULT_CONFIG, "Training config file[:variant].")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir/attractor-tiny",
     "Directory for checkpoints, tokenizer, metrics and evaluation.")
@@ -33,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  commands.run(main)

@@ -4,27 +4,51 @@ Shared by `train`, `evaluate` and `generate`, so the three read a workdir the
 same way. The workdir holds `config.json` (the training config),
 `tokenizer.model`, `checkpoints/`, `metrics.jsonl`, `tensorboard/` and
 `eval/`.
+
+`validate_config` checks a whole training config before anything is read or
+written; the data functions raise `errors.DataError` for a corpus they cannot
+use, and write the tokenizer into the workdir only once the corpus has given
+a training and a validation batch.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import importlib.util
 import json
+import math
+import numbers
 import os
+import pathlib
+import tempfile
 from typing import Any, Optional
 
 import jax
 import ml_collections
-from absl import app
 from absl import flags
 from absl import logging
 
 from attractor_jax import data as data_lib
+from attractor_jax import errors
+from attractor_jax.configs import lm
+from attractor_jax.data import array_record as array_record_lib
+from attractor_jax.data import tokenizer as tokenizer_lib
 from attractor_jax.models import presets
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
+from attractor_jax.parallel import mesh as mesh_lib
+from attractor_jax.training import optimizers
 
 CONFIG_NAME = "config.json"
+DATA_SOURCES = ("builtin", "text", "array_record", "tfds")
+# A trained tokenizer holds 256 byte pieces, pad / unk / bos / eos, the "\n"
+# piece and at least one character of the corpus.
+MIN_TRAINED_VOCAB = 262
+# Text corpora up to this size are read whole by `validate_config` (to check
+# that both splits fill a batch); larger ones only have their heads sniffed.
+_READ_TO_VALIDATE_BYTES = 64 << 20
+_SNIFF_BYTES = 64 << 10
 
 
 def _set_fields(config: Any) -> dict:
@@ -38,23 +62,29 @@ def model_config_from(config: ml_collections.ConfigDict,
   """The preset named by config.model.preset with every override applied.
 
   Raises:
-    ValueError: unknown preset (the error lists the known ones) or unknown
-      field.
+    errors.ConfigError (a ValueError): no or an unknown preset (the error
+      lists the known ones), an unknown field, or a value ModelConfig or
+      SolveConfig refuses.
   """
   model_fields = _set_fields(config.model)
-  preset_name = model_fields.pop("preset")
+  preset_name = model_fields.pop("preset", None)
+  if not preset_name:
+    raise errors.ConfigError(
+        "config.model.preset is not set.\nPass --config.model.preset=NAME "
+        f"with one of: {', '.join(presets.list_presets())}.")
   model_config = presets.get_preset(preset_name)
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(model_fields) - known)
   if unknown:
-    raise ValueError(f"Unknown model field(s) {unknown}; ModelConfig has "
-                     f"{sorted(known)}.")
+    raise errors.ConfigError(
+        f"Unknown model field(s) {unknown}; ModelConfig has {sorted(known)}.")
   solve_fields = _set_fields(config.get("solve", {}))
   solve_known = {f.name for f in dataclasses.fields(SolveConfig)}
   unknown = sorted(set(solve_fields) - solve_known)
   if unknown:
-    raise ValueError(f"Unknown solve field(s) {unknown}; SolveConfig has "
-                     f"{sorted(solve_known)}.")
+    raise errors.ConfigError(
+        f"Unknown solve field(s) {unknown}; SolveConfig has "
+        f"{sorted(solve_known)}.")
   solve = dataclasses.replace(model_config.solve, **solve_fields)
   model_config = dataclasses.replace(model_config, solve=solve, **model_fields)
   if vocab_size is not None:
@@ -67,14 +97,11 @@ def load_documents(data_config: ml_collections.ConfigDict) -> list[str]:
   source = data_config.source
   if source == "builtin":
     return data_lib.builtin_corpus()
+  if source in ("text", "array_record"):
+    _check_data_path(data_config)
   if source == "text":
-    if not data_config.path:
-      raise ValueError("data.source='text' needs --config.data.path (a text "
-                       "file or a folder of .txt files).")
     return data_lib.text_file_documents(data_config.path)
   if source == "array_record":
-    if not data_config.path:
-      raise ValueError("data.source='array_record' needs --config.data.path.")
     return list(data_lib.ArrayRecordDocuments(data_config.path, kind="text"))
   if source == "tfds":
     documents = data_lib.tfds_documents(
@@ -82,8 +109,9 @@ def load_documents(data_config: ml_collections.ConfigDict) -> list[str]:
         data_dir=data_config.tfds_data_dir or None,
         text_key=data_config.text_key)
     return [documents[i] for i in range(len(documents))]
-  raise ValueError(f"Unknown data source {source!r}; expected builtin, text, "
-                   "array_record or tfds.")
+  raise errors.ConfigError(
+      f"Unknown data source {source!r}.\nPass --config.data.source= one of "
+      f"{', '.join(DATA_SOURCES)}.")
 
 
 @dataclasses.dataclass
@@ -95,16 +123,13 @@ class LMData:
   validation: list[dict]     # a fixed list of batches
 
 
-def _split_and_tokenizer(config, workdir):
-  """(train documents, validation documents, tokenizer) of the config."""
-  data_config = config.data
+def _split(config, *, need_train: bool = True) -> tuple[list, list]:
+  """(train, validation) documents, each able to fill at least one batch."""
   train_docs, val_docs = data_lib.split_documents(
-      load_documents(data_config), data_config.validation_fraction,
+      load_documents(config.data), config.data.validation_fraction,
       seed=config.seed)
-  tokenizer = data_lib.get_or_train_tokenizer(
-      workdir, train_docs, data_config.vocab_size,
-      model_file=data_config.tokenizer_model or None)
-  return train_docs, val_docs, tokenizer
+  check_split_sizes(config, train_docs if need_train else None, val_docs)
+  return train_docs, val_docs
 
 
 def _dataset_options(config, tokenizer) -> dict:
@@ -115,19 +140,60 @@ def _dataset_options(config, tokenizer) -> dict:
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
-  """Reads the corpus, gets or trains the tokenizer, builds the pipelines."""
-  train_docs, val_docs, tokenizer = _split_and_tokenizer(config, workdir)
-  train = data_lib.make_lm_dataset(
-      data_lib.TokenizedDocuments(train_docs, tokenizer), seed=config.seed,
-      shuffle=True, num_epochs=None, **_dataset_options(config, tokenizer))
-  return LMData(tokenizer, train,
-                _validation_batches(config, val_docs, tokenizer))
+  """Reads the corpus, gets or trains the tokenizer, builds the pipelines.
+
+  A tokenizer the workdir lacks is trained (or copied from
+  data.tokenizer_model) into a temporary folder and moved into the workdir
+  only once both pipelines are built, so a corpus that turns out unusable
+  leaves no tokenizer behind.
+
+  Raises:
+    errors.DataError, errors.MissingPathError: a corpus or tokenizer that
+      cannot be used.
+  """
+  train_docs, val_docs = _split(config)
+  data_config = config.data
+  model_file = data_config.tokenizer_model or None
+  target = os.path.join(workdir, tokenizer_lib.TOKENIZER_FILENAME)
+  with tempfile.TemporaryDirectory(prefix="attractor-tokenizer-") as staging:
+    staged = not os.path.exists(target)
+    tokenizer = data_lib.get_or_train_tokenizer(
+        staging if staged else workdir, train_docs if staged else None,
+        data_config.vocab_size, model_file=model_file)
+    train = data_lib.make_lm_dataset(
+        data_lib.TokenizedDocuments(train_docs, tokenizer), seed=config.seed,
+        shuffle=True, num_epochs=None, **_dataset_options(config, tokenizer))
+    validation = _validation_batches(config, val_docs, tokenizer)
+    if staged:
+      tokenizer = _install_tokenizer(tokenizer.path, target)
+  return LMData(tokenizer, train, validation)
 
 
-def prepare_validation(config: ml_collections.ConfigDict, workdir: str
-                       ) -> list[dict]:
-  """Only the validation batches (no training pipeline is built)."""
-  _, val_docs, tokenizer = _split_and_tokenizer(config, workdir)
+def _install_tokenizer(staged: os.PathLike, target: str):
+  """Moves a staged tokenizer into the workdir (atomically: hosts that share
+  the workdir write the same bytes) and loads it from there."""
+  os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+  with tempfile.NamedTemporaryFile(
+      dir=os.path.dirname(target) or ".", prefix=os.path.basename(target),
+      suffix=".tmp", delete=False) as temporary:
+    temporary.write(pathlib.Path(staged).read_bytes())
+  os.replace(temporary.name, target)
+  return data_lib.load_tokenizer(target)
+
+
+def prepare_validation(config: ml_collections.ConfigDict, workdir: str,
+                       tokenizer=None) -> list[dict]:
+  """Only the validation batches (no training pipeline is built).
+
+  Args:
+    config: the run's config.
+    workdir: a training workdir; its tokenizer is used unless given.
+    tokenizer: the run's tokenizer, if already loaded.
+  """
+  _, val_docs = _split(config, need_train=False)
+  if tokenizer is None:
+    tokenizer = data_lib.load_tokenizer(
+        os.path.join(workdir, tokenizer_lib.TOKENIZER_FILENAME))
   return _validation_batches(config, val_docs, tokenizer)
 
 
@@ -142,11 +208,329 @@ def _validation_batches(config, val_docs, tokenizer) -> list[dict]:
     if len(validation) >= config.eval_batches:
       break
   if not validation:
-    raise ValueError(
+    raise errors.DataError(
         f"The validation split ({len(val_docs)} documents) is too small for "
         f"one batch of {config.batch_size} x {config.data.seq_len} tokens; "
         "raise data.validation_fraction or lower batch_size / seq_len.")
   return validation
+
+
+def check_split_sizes(config, train_docs: Optional[list],
+                      val_docs: Optional[list]) -> None:
+  """Raises DataError for a split that cannot fill one batch.
+
+  Tokens are bounded from above by UTF-8 bytes (every piece covers at least
+  one byte) plus the end-of-document token, so this runs before a tokenizer
+  exists; a split it passes may still fall short once tokenized (then
+  `make_lm_dataset` raises).
+  """
+  row = config.data.seq_len + 1
+  need = config.batch_size * jax.process_count()
+  for name, docs, fix in (
+      ("training", train_docs, "lower data.validation_fraction"),
+      ("validation", val_docs, "raise data.validation_fraction")):
+    if docs is None:
+      continue
+    bound = sum(len(d.encode("utf-8")) + 2 for d in docs)
+    if math.ceil(bound / row) < need:
+      raise errors.DataError(
+          f"The {name} split ({len(docs)} documents, at most {bound} tokens) "
+          f"cannot fill one batch of {need} rows of {row} tokens.\nUse more "
+          f"text, {fix}, or lower --config.batch_size / "
+          "--config.data.seq_len.")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _integer(config, name: str, least: int) -> int:
+  value = _get(config, name)
+  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+      or value < least):
+    raise errors.ConfigError(
+        f"config.{name} must be an integer >= {least}; got {value!r}.\n"
+        f"Pass --config.{name}=N with N >= {least}.")
+  return int(value)
+
+
+def _number(config, name: str, low: float = -math.inf,
+            high: float = math.inf, *,
+            low_open: bool = False, high_open: bool = False) -> float:
+  value = _get(config, name)
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+  if ok:
+    ok = (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+  if not ok:
+    if math.isinf(high):
+      rule = (">" if low_open else ">=") + f" {low:g}"
+    else:
+      rule = ("in " + ("(" if low_open else "[") + f"{low:g}, {high:g}"
+              + (")" if high_open else "]"))
+    raise errors.ConfigError(
+        f"config.{name} must be a number {rule}; got {value!r}.\n"
+        f"Pass --config.{name}=X with X {rule}.")
+  return float(value)
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def _check_fields(config) -> None:
+  """No field of lm.get_config() missing, none it lacks (model, solve and
+  optimizer are checked against their dataclasses instead)."""
+  reference = lm.get_config()
+  sections = [("", config, reference)]
+  for key, value in reference.items():
+    if (isinstance(value, ml_collections.ConfigDict)
+        and key not in ("model", "solve", "optimizer")
+        and isinstance(config.get(key), (ml_collections.ConfigDict, dict))):
+      sections.append((key + ".", config[key], value))
+  for prefix, have, want in sections:
+    missing = sorted(set(want.keys()) - set(have.keys()))
+    unknown = sorted(set(have.keys()) - set(want.keys()))
+    if missing:
+      raise errors.ConfigError(
+          f"The config lacks field(s) {[prefix + k for k in missing]}.\n"
+          "Start the config file from attractor_jax/configs/lm.py.")
+    if unknown:
+      raise errors.ConfigError(
+          f"Unknown config field(s) {[prefix + k for k in unknown]}.\n"
+          "Use only the fields of attractor_jax/configs/lm.py.")
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    workdir: Optional[str] = None, *,
+                    num_devices: Optional[int] = None) -> ModelConfig:
+  """Checks a whole training config before anything is read or written.
+
+  Everything that needs no trained tokenizer: the config's fields (none
+  missing, none unknown), the model (preset, fields, names, sizes) and its
+  solver, sizes and intervals, the data source, its paths and (for corpora
+  up to 64 MiB) that both splits can fill a batch, a given or existing
+  tokenizer against data.vocab_size, the optimizer and its schedule, the mesh
+  against the devices and the batch against the mesh, and the sample
+  settings. `train_and_evaluate` calls it first.
+
+  Args:
+    config: a config of attractor_jax/configs/lm.py.
+    workdir: the run's directory, if known: it must not be a file, and a
+      tokenizer already there must match the config.
+    num_devices: devices the mesh spans (default `jax.device_count()`).
+
+  Returns:
+    The model config (its vocab_size is data.vocab_size).
+
+  Raises:
+    errors.ConfigError, errors.MissingPathError, errors.DataError: naming
+      the field and what to do.
+  """
+  _check_fields(config)
+  for name in ("batch_size", "total_steps", "log_every", "eval_every",
+               "eval_batches", "checkpoint_every", "keep_checkpoints"):
+    _integer(config, name, 1)
+  _integer(config, "seed", -2**63)
+  _integer(config, "data.seq_len", 1)
+  _integer(config, "data.vocab_size", 1)
+  model_config = model_config_from(config, config.data.vocab_size)
+  _check_optimizer(config)
+  _check_mesh(config, num_devices)
+  _check_sample(config)
+  validate_data(config, workdir)
+  return model_config
+
+
+def _check_optimizer(config) -> None:
+  """The optimizer's name, schedule, fields and ranges."""
+  hint = ("\nFix --config.optimizer.* (the fields of OptimizerConfig in "
+          "attractor_jax/training/optimizers.py).")
+  fields = dict(config.optimizer.to_dict(), total_steps=config.total_steps)
+  try:
+    optimizer_config = optimizers.OptimizerConfig.from_config(fields)
+  except (TypeError, ValueError) as error:
+    raise errors.ConfigError(f"optimizer: {error}{hint}") from error
+  ranges = dict(lr=dict(low=0, low_open=True), decay_fraction=dict(low=0,
+                                                                   high=1),
+                weight_decay=dict(low=0), fp_lr_scale=dict(low=0))
+  for name, bounds in ranges.items():
+    if name in config.optimizer:
+      _number(config, "optimizer." + name, **bounds)
+  if "warmup_steps" in config.optimizer:
+    _integer(config, "optimizer.warmup_steps", 0)
+  if config.optimizer.get("clip_norm") is not None:
+    _number(config, "optimizer.clip_norm", low=0)
+  try:
+    optimizers.lr_schedule(optimizer_config)
+    optimizers.make_optimizer(optimizer_config)
+  except (TypeError, ValueError) as error:
+    raise errors.ConfigError(f"optimizer: {error}{hint}") from error
+
+
+def _check_mesh(config, num_devices: Optional[int]) -> None:
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  sizes = tuple(config.mesh.get(axis) for axis in mesh_lib.MESH_AXES)
+  if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+             for s in sizes):
+    raise errors.ConfigError(
+        f"config.mesh sizes must be integers; got {sizes}.\nPass "
+        "--config.mesh.data/fsdp/tensor as integers (-1: the rest).")
+  try:
+    data, fsdp, _ = mesh_lib.resolve_mesh_shape(sizes, num_devices)
+  except ValueError as error:
+    raise errors.ConfigError(
+        f"mesh (data, fsdp, tensor) = {sizes}: {error}\nSet "
+        "--config.mesh.data/fsdp/tensor so that their product divides the "
+        f"{num_devices} device(s); -1 takes the rest.") from error
+  global_batch = config.batch_size * jax.process_count()
+  if global_batch % (data * fsdp):
+    raise errors.ConfigError(
+        f"The batch of {global_batch} does not split over the mesh's "
+        f"{data * fsdp} data-parallel devices (mesh.data {data} x mesh.fsdp "
+        f"{fsdp}).\nPass --config.batch_size= a multiple of {data * fsdp}, or "
+        "change --config.mesh.*.")
+
+
+def _check_sample(config) -> None:
+  """config.sample, the sample printed after training: num_tokens 0 skips
+  it; top_k 0 samples from the whole vocabulary (as trainer.sample_text
+  reads it)."""
+  sample, seq_len = config.sample, config.data.seq_len
+  if not isinstance(sample.prompt, str):
+    raise errors.ConfigError(
+        f"config.sample.prompt must be a string; got {sample.prompt!r}.")
+  _integer(config, "sample.num_tokens", 0)
+  if sample.num_tokens >= seq_len:
+    raise errors.ConfigError(
+        f"config.sample.num_tokens {sample.num_tokens} leaves no room for the "
+        f"prompt in the context of data.seq_len {seq_len} tokens.\nPass "
+        f"--config.sample.num_tokens={seq_len - 1} or less.")
+  _number(config, "sample.temperature", 0)
+  _integer(config, "sample.top_k", 0)
+
+
+def _check_data_path(data_config) -> None:
+  if not data_config.path:
+    raise errors.ConfigError(
+        f"data.source={data_config.source!r} needs a path.\nPass "
+        "--config.data.path=" + ("a text file or a folder of .txt files."
+                                 if data_config.source == "text" else
+                                 "ArrayRecord file(s) or their folder."))
+  if not os.path.exists(os.path.expanduser(data_config.path)):
+    raise errors.MissingPathError(
+        f"config.data.path {data_config.path!r} does not exist.\nPass "
+        "--config.data.path= an existing file or folder.")
+
+
+def validate_data(config: ml_collections.ConfigDict,
+                  workdir: Optional[str] = None) -> None:
+  """The data part of `validate_config` (evaluate checks a saved config).
+
+  Raises:
+    errors.ConfigError, errors.MissingPathError, errors.DataError.
+  """
+  data_config = config.data
+  if data_config.source not in DATA_SOURCES:
+    raise errors.ConfigError(
+        f"Unknown data source {data_config.source!r}.\nPass "
+        f"--config.data.source= one of {', '.join(DATA_SOURCES)}.")
+  _number(config, "data.validation_fraction", 0, 1, low_open=True,
+          high_open=True)
+  if workdir is not None and os.path.exists(workdir) and not os.path.isdir(
+      workdir):
+    raise errors.ConfigError(
+        f"--workdir={workdir} is a file.\nPass a new or existing folder.")
+  _check_tokenizers(config, workdir)
+  source = data_config.source
+  if source in ("text", "array_record"):
+    _check_data_path(data_config)
+  if source == "array_record":
+    array_record_lib.array_record_paths(data_config.path)
+  elif source == "tfds":
+    if not data_config.tfds_name:
+      raise errors.ConfigError(
+          "data.source='tfds' needs a dataset name.\nPass "
+          "--config.data.tfds_name=NAME (e.g. lm1b).")
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+      raise errors.ConfigError(
+          "data.source='tfds' needs the package tensorflow-datasets.\n"
+          "pip install tensorflow-datasets, or use data.source=text.")
+  elif source == "text":
+    if _text_bytes(data_config.path) <= _READ_TO_VALIDATE_BYTES:
+      _split(config)      # reads it: binary, empty, too small
+  else:     # builtin: in memory, cached for prepare_data
+    _split(config)
+
+
+def _text_files(path: str) -> list[pathlib.Path]:
+  path = pathlib.Path(path).expanduser()
+  if path.is_dir():
+    return sorted(f for f in path.rglob("*.txt") if f.is_file())
+  return [path]
+
+
+def _text_bytes(path: str) -> int:
+  """Total size of a text corpus; sniffs each file's head for binary data."""
+  total = 0
+  for file in _text_files(path):
+    total += file.stat().st_size
+    with open(file, "rb") as f:
+      head = f.read(_SNIFF_BYTES)
+    try:
+      codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as error:
+      raise errors.DataError(
+          f"Corpus file '{file}' is not UTF-8 text (byte {error.start} is "
+          "invalid): pass UTF-8 text files") from error
+    if b"\x00" in head:
+      raise errors.DataError(
+          f"Corpus file '{file}' looks binary (it holds NUL bytes): pass "
+          "UTF-8 text files")
+  return total
+
+
+def _check_tokenizers(config, workdir: Optional[str]) -> None:
+  """A given or existing tokenizer must have data.vocab_size pieces."""
+  data_config = config.data
+  vocab_size = data_config.vocab_size
+  existing = (os.path.join(workdir, tokenizer_lib.TOKENIZER_FILENAME)
+              if workdir else None)
+  if existing and os.path.exists(existing):
+    tokenizer = data_lib.load_tokenizer(existing)
+    if tokenizer.vocab_size != vocab_size:
+      raise errors.DataError(
+          f"The workdir's tokenizer {existing} has {tokenizer.vocab_size} "
+          f"pieces, but config.data.vocab_size is {vocab_size}.\nPass "
+          f"--config.data.vocab_size={tokenizer.vocab_size}, or use a fresh "
+          "workdir.")
+  if data_config.tokenizer_model:
+    given = os.path.expanduser(data_config.tokenizer_model)
+    if not os.path.isfile(given):
+      raise errors.MissingPathError(
+          f"config.data.tokenizer_model {given!r} does not exist.\nPass "
+          "--config.data.tokenizer_model= a SentencePiece .model file, or "
+          "leave it empty to train one.")
+    tokenizer = data_lib.load_tokenizer(given)
+    if tokenizer.vocab_size != vocab_size:
+      raise errors.DataError(
+          f"config.data.tokenizer_model {given} has {tokenizer.vocab_size} "
+          f"pieces, but config.data.vocab_size is {vocab_size}.\nPass "
+          f"--config.data.vocab_size={tokenizer.vocab_size}.")
+    if existing and os.path.exists(existing) and (
+        pathlib.Path(existing).read_bytes() != pathlib.Path(given).read_bytes()):
+      raise errors.DataError(
+          f"The workdir's tokenizer {existing} differs from "
+          f"config.data.tokenizer_model {given}; a run keeps one tokenizer.\n"
+          "Use a fresh workdir, or drop --config.data.tokenizer_model.")
+  elif not (existing and os.path.exists(existing)) and (
+      vocab_size < MIN_TRAINED_VOCAB):
+    raise errors.ConfigError(
+        f"config.data.vocab_size {vocab_size} is too small for a trained "
+        f"tokenizer (256 bytes, 5 special pieces and the corpus's "
+        f"characters).\nPass --config.data.vocab_size={MIN_TRAINED_VOCAB} "
+        "or more.")
 
 
 def start_command(argv) -> None:
@@ -156,7 +540,9 @@ def start_command(argv) -> None:
   log to warnings (orbax logs every checkpoint step at INFO).
   """
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise errors.ConfigError(
+        f"Unexpected arguments {argv[1:]}.\nWrite every flag as "
+        "--name=value; pass --helpshort to list the flags.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
 
@@ -172,8 +558,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The training config a run saved in its workdir."""
   path = os.path.join(workdir, CONFIG_NAME)
   if not os.path.exists(path):
-    raise FileNotFoundError(
-        f"{path} does not exist: {workdir!r} is not a training workdir "
-        "(python -m attractor_jax.train --workdir=... writes one).")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+    raise errors.MissingPathError(
+        f"{path} does not exist: {workdir!r} is not a training workdir.\n"
+        "Pass the --workdir of a run of python -m attractor_jax.train.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except (ValueError, UnicodeDecodeError) as error:
+    raise errors.DataError(
+        f"{path} is not a JSON training config ({error}).\nPass the "
+        "--workdir of a run of python -m attractor_jax.train.") from error

@@ -156,6 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The final training and validation metrics, the depth sweep rows and the
     sample text; `preempted` is True if a SIGTERM stopped the run.
   """
+  experiment.validate_config(config, workdir)    # before anything is written
   with run_guards.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir, stop_at_step)
 
