@@ -1,4 +1,5 @@
-"""Building blocks: norms, rotary, attention masking, MLPs, blocks, inits."""
+"""Building blocks: norms, rotary, attention masking, MLPs, blocks, inits,
+KV caches."""
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +10,11 @@ from flax import nnx
 from attractor_jax.nn import attention
 from attractor_jax.nn import blocks
 from attractor_jax.nn import initializers
+from attractor_jax.nn import kv_cache
 from attractor_jax.nn import mlp
 from attractor_jax.nn import norms
 from attractor_jax.nn import rotary
+from attractor_jax.nn.kv_cache import KVCache
 
 DIM, HEADS, SEQ = 16, 2, 8
 
@@ -172,3 +175,79 @@ def test_every_block_parameter_has_logical_axis_names():
   for partition, value in zip(specs, values):
     assert len(partition) == value.ndim
     assert all(isinstance(name, str) for name in partition)
+
+
+# ------------------------------------------------------------------ KV cache
+
+CACHE_HEADS, HEAD_DIM = 2, 3
+
+
+def token(position, batch=1, new=1):
+  """Keys/values filled with their position, so slots show what was written."""
+  positions = position + jnp.broadcast_to(jnp.arange(new), (batch, new))
+  k = jnp.broadcast_to(positions[:, :, None, None].astype(jnp.float32),
+                       (batch, new, CACHE_HEADS, HEAD_DIM))
+  return k, -k, positions
+
+
+def test_appends_fill_slots_in_order():
+  cache = KVCache.empty(1, 4, CACHE_HEADS, HEAD_DIM)
+  cache = cache.append(*token(0, new=2))
+  cache = cache.append(*token(2))
+  assert int(cache.length) == 3 and not bool(cache.overflowed)
+  np.testing.assert_array_equal(np.asarray(cache.positions), [[0, 1, 2, 0]])
+  np.testing.assert_array_equal(np.asarray(cache.valid()),
+                                [True, True, True, False])
+  np.testing.assert_array_equal(np.asarray(cache.k[0, :3, 0, 0]), [0, 1, 2])
+  kv_cache.check_not_overflowed(cache)      # no error
+
+
+def test_eager_append_that_does_not_fit_raises_at_once():
+  cache = KVCache.empty(1, 4, CACHE_HEADS, HEAD_DIM).append(*token(0, new=3))
+  with pytest.raises(ValueError, match="larger max_len"):
+    cache.append(*token(3, new=2))
+  with pytest.raises(ValueError, match="larger max_len"):
+    KVCache.empty(1, 4, CACHE_HEADS, HEAD_DIM).append(*token(0, new=5))
+
+
+def test_jitted_appends_past_capacity_are_refused_and_flagged():
+  append = jax.jit(lambda cache, k, v, p: cache.append(k, v, p))
+  cache = KVCache.empty(1, 4, CACHE_HEADS, HEAD_DIM)
+  for position in range(6):
+    cache = append(cache, *token(position))
+    if position == 3:
+      assert not bool(cache.overflowed)
+  # Before the fix the clamped writes left positions [0, 1, 2, 5].
+  np.testing.assert_array_equal(np.asarray(cache.positions), [[0, 1, 2, 3]])
+  np.testing.assert_array_equal(np.asarray(cache.k[0, :, 0, 0]), [0, 1, 2, 3])
+  np.testing.assert_array_equal(np.asarray(cache.v[0, :, 0, 0]),
+                                [0, -1, -2, -3])
+  assert int(cache.length) == 4
+  assert bool(cache.overflowed)
+  with pytest.raises(ValueError, match="overflowed"):
+    kv_cache.check_not_overflowed({"backbone": [cache], "head": []})
+
+
+def test_overflow_flag_is_sticky():
+  append = jax.jit(lambda cache, k, v, p: cache.append(k, v, p))
+  cache = KVCache.empty(1, 4, CACHE_HEADS, HEAD_DIM)
+  cache = append(cache, *token(0, new=3))
+  cache = append(cache, *token(3, new=2))      # refused: 3 + 2 > 4
+  assert bool(cache.overflowed) and int(cache.length) == 3
+  cache = append(cache, *token(5))             # fits, but the flag stays
+  assert bool(cache.overflowed)
+  assert bool(kv_cache.any_overflowed([KVCache.empty(1, 2, 1, 1), cache]))
+
+
+def test_append_works_under_x64():
+  with jax.enable_x64(True):
+    cache = KVCache.empty(2, 4, CACHE_HEADS, HEAD_DIM)
+    k, v, positions = token(0, batch=2, new=2)
+    assert positions.dtype == jnp.int64
+    cache = cache.append(k, v, positions)
+    cache = jax.jit(lambda c, k, v, p: c.append(k, v, p))(
+        cache, *token(2, batch=2))
+    assert cache.positions.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(cache.positions[0]),
+                                  [0, 1, 2, 0])
+    assert int(cache.length) == 3
