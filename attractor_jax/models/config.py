@@ -33,6 +33,9 @@ class ModelConfig:
     mean_depth: looped model's mean number of core iterations in training
       (and its depth at evaluation); backprop_depth: steps that get gradients.
     mlp, norm, qk_norm, rope_theta, rope_convention, norm_eps: block settings.
+    qk_norm_eps: epsilon of the QK-norm; None (our models) uses norm_eps.
+      Imported public checkpoints set float32's machine epsilon, which is
+      what the public code's weightless QK-norm uses on float32 activations.
     gate_max, gate_init: attractor head gates (gamma_max, layer_scale_init).
     solve: the attractor head's (or DEQ's) solver settings.
     tie_embeddings: unembed with the embedding (attractor, gpt, looped).
@@ -63,6 +66,7 @@ class ModelConfig:
   rope_theta: float = 50000.0
   rope_convention: str = "half"
   norm_eps: float = 1e-5
+  qk_norm_eps: Optional[float] = None
   causal: bool = True
   gate_max: float = 1.0
   gate_init: float = 0.1
@@ -116,6 +120,8 @@ class ModelConfig:
                     gate_max=self.gate_max)
     if self.logit_softcap is not None:
       positive["logit_softcap"] = self.logit_softcap
+    if self.qk_norm_eps is not None:
+      positive["qk_norm_eps"] = self.qk_norm_eps
     for name, value in positive.items():
       if not value > 0:
         raise errors.ConfigError(f"model.{name} must be > 0; got {value!r}.")
@@ -139,6 +145,7 @@ class ModelConfig:
         mlp=self.mlp, norm=self.norm, qk_norm=self.qk_norm,
         rope_theta=self.rope_theta, rope_convention=self.rope_convention,
         causal=self.causal, norm_eps=self.norm_eps,
+        qk_norm_eps=self.qk_norm_eps,
         gate_max=self.gate_max if gated else None, gate_init=self.gate_init,
         init_std=self.init_std,
         out_init_scale=(self.head_out_init_scale if gated

@@ -43,11 +43,16 @@ def attend(q, k, v, mask) -> jax.Array:
 
 
 class Attention(nnx.Module):
-  """Multi-head attention with rotary embeddings and optional QK-norm."""
+  """Multi-head attention with rotary embeddings and optional QK-norm.
+
+  QK-norm RMS-normalises each head's queries and keys with epsilon
+  `qk_norm_eps` (default: `norm_eps`).
+  """
 
   def __init__(self, dim: int, num_heads: int, *, head_dim: Optional[int] = None,
                qk_norm: bool = False, rope_theta: float = 10000.0,
                rope_convention: str = "half", norm_eps: float = 1e-5,
+               qk_norm_eps: Optional[float] = None,
                init_std: float = 0.02, out_init_scale: float = 0.0,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     if head_dim is None:
@@ -76,9 +81,10 @@ class Attention(nnx.Module):
     self.q_norm = nnx.data(None)
     self.k_norm = nnx.data(None)
     if qk_norm:
-      self.q_norm = norms.RMSNorm(head_dim, eps=norm_eps, axis_name="head_dim",
+      eps = norm_eps if qk_norm_eps is None else qk_norm_eps
+      self.q_norm = norms.RMSNorm(head_dim, eps=eps, axis_name="head_dim",
                                   param_dtype=param_dtype, rngs=rngs)
-      self.k_norm = norms.RMSNorm(head_dim, eps=norm_eps, axis_name="head_dim",
+      self.k_norm = norms.RMSNorm(head_dim, eps=eps, axis_name="head_dim",
                                   param_dtype=param_dtype, rngs=rngs)
 
   def project_qkv(self, x: jax.Array, positions: jax.Array):

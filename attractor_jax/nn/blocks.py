@@ -30,6 +30,7 @@ class BlockSpec:
     rope_theta, rope_convention: rotary embeddings ("half" or "interleaved").
     causal: decoder masking.
     norm_eps: RMSNorm epsilon.
+    qk_norm_eps: QK-norm epsilon (None: norm_eps).
     gate_max: if set, attention and MLP outputs are scaled per channel by
       gate_max * sigmoid(raw), raw initialised so the gate is gate_init.
     gate_init: the gate's initial value (layer scale).
@@ -48,6 +49,7 @@ class BlockSpec:
   rope_convention: str = "half"
   causal: bool = True
   norm_eps: float = 1e-5
+  qk_norm_eps: Optional[float] = None
   gate_max: Optional[float] = None
   gate_init: float = 0.1
   init_std: float = 0.02
@@ -95,7 +97,7 @@ class Block(nnx.Module):
     self.attn = attention_lib.Attention(
         spec.dim, spec.num_heads, qk_norm=spec.qk_norm,
         rope_theta=spec.rope_theta, rope_convention=spec.rope_convention,
-        norm_eps=spec.norm_eps, **common)
+        norm_eps=spec.norm_eps, qk_norm_eps=spec.qk_norm_eps, **common)
     self.mlp_norm = norms.RMSNorm(spec.dim, eps=spec.norm_eps,
                                   param_dtype=spec.param_dtype, rngs=rngs)
     self.mlp = mlp_lib.MLP(spec.dim, spec.mlp_dim, kind=spec.mlp, **common)

@@ -1,6 +1,8 @@
 """Building blocks: norms, rotary, attention masking, MLPs, blocks, inits,
 KV caches."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -251,3 +253,24 @@ def test_append_works_under_x64():
     np.testing.assert_array_equal(np.asarray(cache.positions[0]),
                                   [0, 1, 2, 0])
     assert int(cache.length) == 3
+
+
+def test_qk_norm_eps_defaults_to_norm_eps_and_can_be_set():
+  attn = attention.Attention(DIM, HEADS, qk_norm=True, norm_eps=1e-5,
+                             rngs=nnx.Rngs(0))
+  assert attn.q_norm.eps == attn.k_norm.eps == 1e-5
+  spec = blocks.BlockSpec(DIM, HEADS, 32, qk_norm=True, qk_norm_eps=1e-7,
+                          out_init_scale=1.0)
+  block = blocks.Block(spec, rngs=nnx.Rngs(0))
+  assert block.attn.q_norm.eps == block.attn.k_norm.eps == 1e-7
+  assert block.attn_norm.eps == block.mlp_norm.eps == 1e-5
+  # With tiny queries and keys the epsilon shows in the output.
+  default = blocks.Block(dataclasses.replace(spec, qk_norm_eps=None),
+                         rngs=nnx.Rngs(0))
+  x = random((1, SEQ, DIM))
+  tiny = lambda w: w * 1e-3
+  for b in (block, default):
+    b.attn.wq[...] = tiny(b.attn.wq[...])
+    b.attn.wk[...] = tiny(b.attn.wk[...])
+  assert not np.allclose(np.asarray(block(x)), np.asarray(default(x)),
+                         rtol=1e-4, atol=0)
