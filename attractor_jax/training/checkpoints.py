@@ -7,10 +7,16 @@ Layout (one directory per saved step, orbax's default naming):
     workdir/checkpoints/<step>/data/       the data iterator's state (JSON)
     workdir/checkpoints/<step>/config/     the model / training config (JSON)
     workdir/checkpoints/<step>/checksums/  one checksum per array (JSON)
-    workdir/corrupt_checkpoints/<step>/    steps found unreadable, moved aside
+    workdir/set_aside_checkpoints/<step>-<why>-<time>/
+                                           steps found unreadable, or saved
+                                           just before training diverged
 
 Saves are asynchronous (the call returns once arrays are copied off the
-device; `wait_until_finished` blocks); the last `max_to_keep` steps are kept.
+device; `wait_until_finished` blocks). The last `max_to_keep` *confirmed*
+steps are kept: a step is confirmed by `confirm()`, which the trainer calls
+once the step after it trained normally, so a checkpoint of parameters that
+turned out to diverge never rotates a good one out (`set_aside_unconfirmed`
+moves such checkpoints away).
 Orbax writes a step into a temporary directory and renames it when complete,
 so a process killed mid-save leaves only a temporary directory, which is
 ignored and removed when the directory is opened again. A run started on a
@@ -52,7 +58,7 @@ from etils import epath
 from attractor_jax import errors
 from attractor_jax.training import checkpoint_integrity as integrity
 
-CORRUPT_DIR = "corrupt_checkpoints"
+SET_ASIDE_DIR = "set_aside_checkpoints"
 
 
 class CheckpointError(errors.UserError, RuntimeError):
@@ -177,7 +183,8 @@ class Checkpointer:
 
     Args:
       workdir: the run's directory.
-      max_to_keep: how many of the latest checkpoints to keep (None: all).
+      max_to_keep: how many of the latest confirmed checkpoints to keep
+        (None: all); unconfirmed ones are kept in addition.
       save_interval_steps: `save` writes only at multiples of this, at the
         first step saved into an empty directory (orbax's InitialSavePolicy),
         when forced, or at a preemption sync point.
@@ -187,7 +194,7 @@ class Checkpointer:
     """
     self.directory = epath.Path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+        max_to_keep=None, save_interval_steps=save_interval_steps,
         enable_async_checkpointing=async_save, create=not read_only,
         cleanup_tmp_directories=not read_only, read_only=read_only)
     handlers = {"state": ocp.PyTreeCheckpointHandler(),
@@ -196,6 +203,8 @@ class Checkpointer:
                 "checksums": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=handlers)
+    self._max_to_keep = max_to_keep
+    self._unconfirmed: list[int] = []
 
   def step_path(self, step: int) -> epath.Path:
     """Where step `step` lives."""
@@ -236,7 +245,31 @@ class Checkpointer:
         data=ocp.args.JsonSave(dict(data_state or {})),
         config=ocp.args.JsonSave(config_to_dict(config)),
         checksums=ocp.args.JsonSave(integrity.tree_checksums(state)))
-    return self.manager.save(step, args=args, force=force)
+    saved = self.manager.save(step, args=args, force=force)
+    if saved:
+      self._unconfirmed.append(step)
+    return saved
+
+  def confirm(self) -> None:
+    """Marks the checkpoints saved so far as good, then drops the oldest
+    confirmed ones beyond `max_to_keep`."""
+    if not self._unconfirmed:
+      return
+    self._unconfirmed.clear()
+    if self._max_to_keep is None:
+      return
+    steps = self.all_steps()
+    for step in steps[:max(len(steps) - self._max_to_keep, 0)]:
+      self.manager.delete(step)
+
+  def set_aside_unconfirmed(self, why: str) -> list[epath.Path]:
+    """Moves the unconfirmed checkpoints under `set_aside_checkpoints/` (so
+    that a resumed run starts from the last confirmed one); returns where."""
+    self.wait_until_finished()
+    moved = [self._move_aside(step, why) for step in self._unconfirmed
+             if step in self.all_steps()]
+    self._unconfirmed.clear()
+    return moved
 
   def _restore(self, step: int, **items):
     try:
@@ -348,7 +381,7 @@ class Checkpointer:
 
     A step that cannot be read (truncated or corrupted files, a failed
     checksum) is reported with a warning naming it and, with `move_corrupt`,
-    moved to `workdir/corrupt_checkpoints/` (kept, not deleted, and out of
+    moved to `workdir/set_aside_checkpoints/` (kept, not deleted, out of
     the way of the steps a resumed run will save); the next older step is
     tried. A checkpoint that does not fit the model is not a corruption: its
     ConfigMismatchError propagates.
@@ -368,7 +401,7 @@ class Checkpointer:
         failures.append(str(e))
         where = ""
         if move_corrupt:
-          where = f"; moved it to {self._move_aside(step)}"
+          where = f"; moved it to {self._move_aside(step, 'unreadable')}"
         logging.warning("Skipping an unreadable checkpoint%s. %s", where, e)
         print(f"warning: skipping the unreadable checkpoint of step {step}"
               f"{where}.", flush=True)
@@ -378,11 +411,11 @@ class Checkpointer:
           "can be read; the newest failed with: " + failures[0])
     return None
 
-  def _move_aside(self, step: int) -> epath.Path:
-    """Moves a step's directory under `corrupt_checkpoints/`."""
-    target_dir = self.directory.parent / CORRUPT_DIR
+  def _move_aside(self, step: int, why: str) -> epath.Path:
+    """Moves a step's directory under `set_aside_checkpoints/`."""
+    target_dir = self.directory.parent / SET_ASIDE_DIR
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target = target_dir / f"{step}-{why}-{time.strftime('%Y%m%d-%H%M%S')}"
     self.step_path(step).rename(target)
     self.manager.reload()
     return target
@@ -392,7 +425,10 @@ class Checkpointer:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
-    """Finishes pending saves and releases the manager."""
+    """Finishes pending saves, confirms them (nothing is left to confirm
+    after `set_aside_unconfirmed`) and releases the manager."""
+    self.wait_until_finished()
+    self.confirm()
     self.manager.close()
 
   def __enter__(self) -> "Checkpointer":

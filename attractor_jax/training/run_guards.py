@@ -174,10 +174,15 @@ def describe_bad_step(flags: dict) -> str:
 
 
 def diverged_message(step: int, streak: int, reasons: str, limit: float,
-                     last_good: Optional[int], checkpoint_dir) -> str:
+                     last_good: Optional[int], checkpoint_dir,
+                     set_aside=()) -> str:
+  """The one-paragraph report of a run stopped for divergence."""
   where = (f"the last good checkpoint is step {last_good} in "
            f"{checkpoint_dir}" if last_good is not None
-           else "no checkpoint was saved before it")
+           else "no good checkpoint was saved before it")
+  if set_aside:
+    where += ("; checkpoints saved just before the bad steps were moved to "
+              + ", ".join(str(p) for p in set_aside))
   return (f"Training diverged at step {step}: {streak} bad steps in a row "
           f"were skipped (last one: {reasons}; loss limit {limit:.4g}). "
           f"Stopped; {where}. Lower optimizer.lr or raise "

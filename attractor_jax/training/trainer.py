@@ -194,10 +194,9 @@ def _train_and_evaluate(config, workdir, stop_at_step):
         # Only a config that restored and ran a step may describe the workdir.
         experiment.save_config(config, workdir)
         config_saved = True
-      if bad_in_a_row:
-        _report_bad_step(config, step, bad_in_a_row, scalars, loss_limit,
-                         checkpointer)
-      if step % config.log_every == 0 or step == last_step:
+      diverged = bad_in_a_row and _report_bad_step(config, step,
+                                                   bad_in_a_row, scalars)
+      if step % config.log_every == 0 or step == last_step or diverged:
         scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
         scalars["lr"] = float(learning_rate(step - 1))
         scalars.update(metrics_lib.gate_means(state.model))
@@ -207,20 +206,27 @@ def _train_and_evaluate(config, workdir, stop_at_step):
         logged_step, logged_time = step, now
         writer.write_scalars(step, scalars)
         progress.print(step, scalars)
+      if diverged:
+        set_aside = checkpointer.set_aside_unconfirmed("diverged")
+        raise run_guards.TrainingDivergedError(run_guards.diverged_message(
+            step, bad_in_a_row, diverged, loss_limit,
+            checkpointer.latest_step(), checkpointer.directory, set_aside))
+      if not bad_in_a_row:
+        checkpointer.confirm()    # the checkpoint before this step is good
       if step % config.eval_every == 0 or step == last_step:
         val = evaluation.evaluate(state.model, data.validation)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
         summary["validation"] = val
       preempted = preemption.should_stop(step)
-      if bad_in_a_row:
-        continue        # never checkpoint in the middle of a bad run
-      if (step % config.checkpoint_every == 0 or step == last_step
-          or preempted):
+      # Never checkpoint in the middle of a run of bad steps.
+      if not bad_in_a_row and (step % config.checkpoint_every == 0
+                               or step == last_step or preempted):
         checkpointer.save(step, state.pure(), train_iterator.get_state(),
                           model_config, force=True)
       if preempted:
         checkpointer.wait_until_finished()
-        print(f"Preempted: saved step {step} in {checkpointer.directory}; "
+        print(f"Preempted at step {step}: the latest checkpoint is step "
+              f"{checkpointer.latest_step()} in {checkpointer.directory}; "
               "run the same command again to resume.", flush=True)
         summary["preempted"] = True
         break
@@ -235,22 +241,18 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   return summary
 
 
-def _report_bad_step(config, step, bad_in_a_row, scalars, loss_limit,
-                     checkpointer) -> None:
-  """Warns at the start of a run of bad steps; raises once it is too long."""
+def _report_bad_step(config, step, bad_in_a_row, scalars) -> Optional[str]:
+  """Warns at the start of a run of bad steps; once the run is too long,
+  returns what went wrong in its last step (else None)."""
   flags = {k.split("/", 1)[1]: bool(v) for k, v in scalars.items()
            if k.startswith("health/")}
   reasons = run_guards.describe_bad_step(flags)
-  limit = config.divergence.max_consecutive_bad_steps
   if bad_in_a_row == 1:
     logging.warning("Step %d skipped: %s.", step, reasons)
     print(f"warning: step {step} skipped: {reasons} (loss "
           f"{float(scalars['loss']):.4g}).", flush=True)
-  if limit and bad_in_a_row >= limit:
-    checkpointer.wait_until_finished()
-    raise run_guards.TrainingDivergedError(run_guards.diverged_message(
-        step, bad_in_a_row, reasons, loss_limit, checkpointer.latest_step(),
-        checkpointer.directory))
+  limit = config.divergence.max_consecutive_bad_steps
+  return reasons if limit and bad_in_a_row >= limit else None
 
 
 def _finish(config, workdir, state: TrainState, data) -> dict[str, Any]:

@@ -99,9 +99,13 @@ def test_keeps_last_n_and_resumes_from_latest(tmp_path):
     assert ckpt.latest_step() is None
     for step in (1, 2, 3, 4):
       assert ckpt.save(step, {"w": state["w"] + step}, {"position": step})
+      if step < 4:
+        ckpt.confirm()          # the trainer: the step after it was good
     ckpt.wait_until_finished()
-    assert ckpt.all_steps() == [3, 4]
+    # 4 is unconfirmed: kept on top of the 2 latest confirmed.
+    assert ckpt.all_steps() == [2, 3, 4]
     assert not ckpt.save(4, state)           # already saved
+  # Closing confirms 4.
   # A new run on the same workdir resumes from the latest checkpoint.
   with checkpoints.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
     assert ckpt.latest_step() == 4
@@ -113,6 +117,25 @@ def test_keeps_last_n_and_resumes_from_latest(tmp_path):
     with pytest.raises(FileNotFoundError, match="step 1"):
       ckpt.restore(1, state)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
+
+
+def test_unconfirmed_checkpoints_are_set_aside_not_rotated_in(tmp_path):
+  state = {"w": jnp.arange(4.0)}
+  with checkpoints.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    ckpt.save(1, state)
+    ckpt.confirm()
+    for step in (2, 3):              # saved, then training diverged
+      ckpt.save(step, {"w": state["w"] + 1e6})
+    ckpt.wait_until_finished()
+    assert ckpt.all_steps() == [1, 2, 3]
+    moved = ckpt.set_aside_unconfirmed("diverged")
+    assert [p.name.split("-")[:2] for p in moved] == [["2", "diverged"],
+                                                      ["3", "diverged"]]
+    assert ckpt.all_steps() == [1]
+  with checkpoints.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    restored, _, _, step = ckpt.restore_latest_readable(state)
+  assert step == 1
+  np.testing.assert_array_equal(restored["w"], state["w"])
 
 
 def test_save_interval_and_force(tmp_path):
@@ -238,8 +261,8 @@ def test_an_unreadable_latest_step_falls_back_to_the_previous(tmp_path, how):
     # Step 3 can be written again: the damaged copy is out of the way...
     assert ckpt.save(3, {"w": state["w"] + 30}, {"position": 3}, force=True)
   # ...and kept, not deleted.
-  moved = os.listdir(tmp_path / checkpoints.CORRUPT_DIR)
-  assert len(moved) == 1 and moved[0].startswith("3-")
+  moved = os.listdir(tmp_path / checkpoints.SET_ASIDE_DIR)
+  assert len(moved) == 1 and moved[0].startswith("3-unreadable-")
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
