@@ -11,12 +11,14 @@ The whole config is checked before anything is written: a bad input prints
 """
 
 import os
+import sys
 
 from absl import flags
 
 from attractor_jax import commands
 from attractor_jax import configs
 from attractor_jax.training import experiment
+from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "lm.py")
@@ -30,7 +32,9 @@ _WORKDIR = flags.DEFINE_string(
 
 def main(argv):
   experiment.start_command(argv)
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if summary["preempted"]:
+    sys.exit(run_guards.PREEMPTED_EXIT_CODE)    # docs/reliability.md
 
 
 if __name__ == "__main__":
