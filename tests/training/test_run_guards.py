@@ -1,6 +1,7 @@
 """Faults injected into real training runs: divergence, NaN in the map and
 in the data, SIGTERM, a second trainer, steps redone after a crash."""
 
+import glob
 import os
 import signal
 import subprocess
@@ -210,3 +211,26 @@ def guarded_config_no_interval(total_steps):
   config = guarded_config(total_steps)
   config.checkpoint_every = 100
   return config
+
+
+def test_evaluation_falls_back_past_a_truncated_checkpoint(tmp_path):
+  config = guarded_config(4)
+  config.checkpoint_every = 2
+  config.keep_checkpoints = 3
+  workdir = str(tmp_path)
+  trainer.train_and_evaluate(config, workdir)
+  for name in glob.glob(str(tmp_path / "checkpoints" / "4" / "state" / "**"
+                            / "d" / "*"), recursive=True):
+    if os.path.isfile(name):
+      with open(name, "r+b") as f:
+        f.truncate(os.path.getsize(name) // 2)
+  trained, _, _ = trainer.load_trained(workdir)
+  assert trained.step == 2
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]  # as is
+  with pytest.raises(checkpoints.CheckpointError, match="step 4"):
+    trainer.load_trained(workdir, step=4)
+  # The trainer moves it aside and resumes from step 2.
+  summary = trainer.train_and_evaluate(config, workdir)
+  assert summary["start_step"] == 2 and summary["step"] == 4
+  assert os.listdir(tmp_path / checkpoints.SET_ASIDE_DIR)[0].startswith(
+      "4-unreadable-")
