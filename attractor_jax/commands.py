@@ -34,6 +34,7 @@ from attractor_jax import errors
 
 EXIT_USER_ERROR = 2
 FLAGS_HINT = "Pass --helpshort to list this command's flags."
+MAX_LINE = 500    # longer lines (lists of names) are cut
 
 # Config flags defined here: name -> default file, and the errors their
 # definition raised (ml_collections parses the default config and the
@@ -106,7 +107,8 @@ def message_lines(error: Exception) -> list[str]:
     return [type(error).__name__]
   if len(lines) > 2:
     lines = [lines[0] + " " + "; ".join(lines[1:-1]), lines[-1]]
-  return lines
+  return [line if len(line) <= MAX_LINE else line[:MAX_LINE] + " [...]"
+          for line in lines]
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -124,6 +126,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
       raise
     raise converted from error
   for name in _CONFIG_DEFAULTS:
+    if name not in flags.FLAGS:
+      continue
     value = flags.FLAGS[name].value
     if isinstance(value, config_flags_lib._ErrorConfig):  # pylint: disable=protected-access
       load_error = object.__getattribute__(value, "_error")
@@ -171,8 +175,25 @@ def _flag_error(error: Exception, config_name: Optional[str],
       last = [line for line in message.splitlines() if line.strip()][-1]
       return errors.ConfigError(f"{where}: the config file raised "
                                 f"{last.strip()}\nFix the config file.")
-    return errors.ConfigError(" ".join(message.split()) + "\n" + FLAGS_HINT)
+    return _flag_value_error(" ".join(message.split()))
   return None
+
+
+def _flag_value_error(message: str) -> errors.ConfigError:
+  """absl's "flag --NAME=VALUE: DETAIL" as what is wrong and what to do."""
+  match = re.match(r"^flag --([^=]+)=(.*?): (.*)$", message)
+  if not match or match.group(1) not in flags.FLAGS:
+    return errors.ConfigError(f"{message}\n{FLAGS_HINT}")
+  name, value, detail = match.groups()
+  if value == "None" and "must have a value other than None" in detail:
+    return errors.ConfigError(f"--{name} is required.\nPass --{name}=VALUE "
+                              "(--helpshort lists this command's flags).")
+  kind = flags.FLAGS[name].flag_type()
+  if re.match(r"(invalid literal|could not convert)", detail):
+    detail = f"not a valid {kind}"
+  hint = (f"The field's type ({kind}) is fixed by get_config()."
+          if "." in name else FLAGS_HINT)
+  return errors.ConfigError(f"--{name}={value}: {detail}.\n{hint}")
 
 
 def _flag_in_argv(names: Sequence[str], argv: Sequence[str]) -> Optional[str]:

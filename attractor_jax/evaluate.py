@@ -3,13 +3,18 @@
 Validation loss and perplexity of the latest (or --step) checkpoint, and the
 test-time depth sweep T = 0, 1, 2, 4, ..., max_iter written to DIR/eval/
 (depth_sweep.txt, .json and .png). T = 0 decodes the backbone's proposal c.
+
+A bad input (not a training workdir, a step with no checkpoint, a corpus that
+moved) prints `error: ...` and what to do, exits with status 2 and writes
+nothing (docs/bad_inputs.md).
 """
 
 import os
 
-from absl import app
 from absl import flags
 
+from attractor_jax import commands
+from attractor_jax import errors
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
 from attractor_jax.training import trainer
@@ -21,23 +26,39 @@ _BATCHES = flags.DEFINE_integer("eval_batches", None,
                                 "Validation batches (default: the config's).")
 
 
+def check_flags(step, eval_batches) -> None:
+  """Raises ConfigError for a negative --step or --eval_batches below 1."""
+  if step is not None and step < 0:
+    raise errors.ConfigError(
+        f"--step={step} is negative.\nPass the step of a saved checkpoint, "
+        "or leave --step out for the latest.")
+  if eval_batches is not None and eval_batches < 1:
+    raise errors.ConfigError(
+        f"--eval_batches={eval_batches} evaluates nothing.\nPass "
+        "--eval_batches=N with N >= 1, or leave it out for the config's.")
+
+
 def main(argv):
   experiment.start_command(argv)
-  state, _, config = trainer.load_trained(_WORKDIR.value, _STEP.value)
-  if _BATCHES.value:
+  workdir = _WORKDIR.value
+  check_flags(_STEP.value, _BATCHES.value)
+  config = experiment.load_config(workdir)
+  experiment.validate_data(config, workdir)   # the corpus is still there
+  experiment.check_checkpoint_exists(workdir, _STEP.value)
+  state, tokenizer, config = trainer.load_trained(workdir, _STEP.value)
+  if _BATCHES.value is not None:
     config.eval_batches = _BATCHES.value
-  batches = experiment.prepare_validation(config, _WORKDIR.value)
+  batches = experiment.prepare_validation(config, workdir, tokenizer)
   result = evaluation.evaluate(state.model, batches)
   print(f"step {state.step}: validation loss {result['loss']:.4f}, "
         f"perplexity {result['perplexity']:.2f} over {result['tokens']} "
         "tokens")
   if state.model.config.kind != "gpt":
     rows = evaluation.depth_sweep(state.model, batches)
-    paths = evaluation.write_depth_sweep(rows,
-                                         os.path.join(_WORKDIR.value, "eval"))
+    paths = evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
     print(evaluation.format_table(rows))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  commands.run(main)

@@ -203,20 +203,22 @@ def text_file_documents(path: str | pathlib.Path, *, pattern: str = "*.txt",
                re.compile(r"\n(?:[ \t]*\n){%d,}" % min_blank_lines))
   documents = []
   for file in files:
+    raw = file.read_bytes()
+    if b"\x00" in raw:
+      raise errors.DataError(
+          f"Corpus file '{file}' looks binary (it holds NUL bytes): pass UTF-8 "
+          "text files")
     try:
-      text = file.read_text(encoding="utf-8")
+      text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
       raise errors.DataError(
           f"Corpus file '{file}' is not UTF-8 text (byte {error.start} is "
           f"invalid): pass UTF-8 text files") from error
-    if "\x00" in text:
-      raise errors.DataError(
-          f"Corpus file '{file}' looks binary (it holds NUL bytes): pass UTF-8 "
-          "text files")
     pieces = [text] if separator is None else separator.split(text)
     documents.extend(p.strip() for p in pieces if p.strip())
   if not documents:
-    raise errors.DataError(f"Corpus path '{path}' holds no text")
+    raise errors.DataError(f"Corpus path '{path}' holds no text: pass UTF-8 "
+                           "text files that hold some")
   return documents
 
 

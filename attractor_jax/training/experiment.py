@@ -38,6 +38,7 @@ from attractor_jax.models import presets
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.parallel import mesh as mesh_lib
+from attractor_jax.training import checkpoints
 from attractor_jax.training import optimizers
 
 CONFIG_NAME = "config.json"
@@ -312,8 +313,9 @@ def validate_config(config: ml_collections.ConfigDict,
   solver, sizes and intervals, the data source, its paths and (for corpora
   up to 64 MiB) that both splits can fill a batch, a given or existing
   tokenizer against data.vocab_size, the optimizer and its schedule, the mesh
-  against the devices and the batch against the mesh, and the sample
-  settings. `train_and_evaluate` calls it first.
+  against the devices and the batch against the mesh, the sample settings,
+  and the model against the one a run already wrote into the workdir.
+  `train_and_evaluate` calls it first.
 
   Args:
     config: a config of attractor_jax/configs/lm.py.
@@ -340,7 +342,25 @@ def validate_config(config: ml_collections.ConfigDict,
   _check_mesh(config, num_devices)
   _check_sample(config)
   validate_data(config, workdir)
+  if workdir is not None:
+    _check_workdir_model(workdir, model_config)
   return model_config
+
+
+def _check_workdir_model(workdir: str, model_config: ModelConfig) -> None:
+  """A workdir that a run already wrote must hold a model of this shape.
+
+  Raises:
+    checkpoints.ConfigMismatchError: naming every differing field.
+  """
+  if not os.path.exists(os.path.join(workdir, CONFIG_NAME)):
+    return
+  saved = load_config(workdir)
+  try:
+    saved_model = model_config_from(saved, saved.data.vocab_size)
+  except (errors.UserError, AttributeError, KeyError):
+    return      # an older or foreign config.json: the checkpoint decides
+  checkpoints.check_compatible(saved_model, model_config)
 
 
 def _check_optimizer(config) -> None:
@@ -478,16 +498,16 @@ def _text_bytes(path: str) -> int:
     total += file.stat().st_size
     with open(file, "rb") as f:
       head = f.read(_SNIFF_BYTES)
+    if b"\x00" in head:
+      raise errors.DataError(
+          f"Corpus file '{file}' looks binary (it holds NUL bytes): pass "
+          "UTF-8 text files")
     try:
       codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError as error:
       raise errors.DataError(
           f"Corpus file '{file}' is not UTF-8 text (byte {error.start} is "
           "invalid): pass UTF-8 text files") from error
-    if b"\x00" in head:
-      raise errors.DataError(
-          f"Corpus file '{file}' looks binary (it holds NUL bytes): pass "
-          "UTF-8 text files")
   return total
 
 
@@ -545,6 +565,27 @@ def start_command(argv) -> None:
         "--name=value; pass --helpshort to list the flags.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def check_checkpoint_exists(workdir: str, step: Optional[int] = None) -> None:
+  """Raises MissingPathError if the workdir has no checkpoint (of `step`).
+
+  Looks only at the step folders (workdir/checkpoints/<step>), so evaluate
+  and generate fail at once, before building a model; whether a checkpoint
+  that is there can be read is the Checkpointer's to say.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  steps = sorted(int(name) for name in (
+      os.listdir(directory) if os.path.isdir(directory) else [])
+                 if name.isdigit())
+  if not steps:
+    raise errors.MissingPathError(
+        f"No checkpoint in {directory}.\nTrain first: python -m "
+        f"attractor_jax.train --workdir={workdir}")
+  if step is not None and step not in steps:
+    raise errors.MissingPathError(
+        f"No checkpoint of step {step} in {directory}; it has steps "
+        f"{steps}.\nPass one of them, or leave --step out for the latest.")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
