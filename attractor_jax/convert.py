@@ -83,13 +83,11 @@ def run(checkpoint: str, output: str, *, public_config=None, preset=None,
   else:
     with open(public_config) as f:
       public = json.load(f)
-  config = torch_import.config_from_public(public,
-                                           rope_convention=rope_convention)
-  emb, logit = torch_import.public_scales(public)
-  params = torch_import.convert_state_dict(
-      safetensors_np.load_file(checkpoint), config,
-      embedding_scale=emb if embedding_scale is None else embedding_scale,
-      logit_scale=logit if logit_scale is None else logit_scale)
+  # Scales from the public init_strategy (explicit ones must agree with it).
+  config, params = torch_import.convert_public(
+      torch_import.read_checkpoint(checkpoint), public,
+      embedding_scale=embedding_scale, logit_scale=logit_scale,
+      rope_convention=rope_convention)
   model = models.build_model(config, rngs=nnx.Rngs(0))
   torch_import.load_into_model(model, params)
   return save(model, config, output)

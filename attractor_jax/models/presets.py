@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from typing import Optional
 
 from attractor_jax import errors
 from attractor_jax.models.config import ModelConfig
@@ -44,10 +45,13 @@ class Preset:
     config: the model configuration.
     stated_params: the parameter count this preset should have (its nominal
       size; the real count is within a few percent of it).
+    public_name: the public code's preset whose shapes and solver settings
+      this one has (`torch_import.PUBLIC_PRESETS` is derived from them).
   """
 
   config: ModelConfig
   stated_params: int
+  public_name: Optional[str] = None
 
 
 # Settings every preset shares (DESIGN.md section 2), then the sizes:
@@ -69,9 +73,10 @@ def _solve(max_iter: int, min_iter: int, tol: float, *, mixing: float = 1.0,
 
 
 def _attractor(shape: dict, backbone: int, head: int, solve: SolveConfig,
-               size: float) -> Preset:
+               size: float, public_name: Optional[str] = None) -> Preset:
   return Preset(ModelConfig(kind="attractor", num_layers=backbone,
-                            head_layers=head, solve=solve, **shape), int(size))
+                            head_layers=head, solve=solve, **shape), int(size),
+                public_name)
 
 
 def _gpt(shape: dict, layers: int, size: float) -> Preset:
@@ -98,13 +103,18 @@ def _deq(shape: dict, layers: int, solve: SolveConfig, size: float) -> Preset:
 
 PRESETS: dict[str, Preset] = {
     # Attractor LMs: backbone blocks, head blocks, (max_iter, min_iter, tol).
-    "attractor-140m": _attractor(_W1024, 7, 1, _solve(64, 6, 3e-4), 140e6),
-    "attractor-370m": _attractor(_W1280, 15, 2, _solve(64, 8, 2e-4), 370e6),
-    "attractor-770m": _attractor(_W1280, 35, 2, _solve(
-        32, 6, 1.5e-4, mixing=0.96, backward="implicit"), 770e6),
-    # The public code's "1.3b": really ~0.79B parameters. DESIGN.md lists no
-    # solver settings for it; it takes the 140m's.
-    "attractor-790m": _attractor(_W1536, 23, 3, _solve(64, 6, 3e-4), 790e6),
+    "attractor-140m": _attractor(_W1024, 7, 1, _solve(64, 6, 3e-4), 140e6,
+                                 "attractor-small-140m"),
+    "attractor-370m": _attractor(_W1280, 15, 2, _solve(64, 8, 2e-4), 370e6,
+                                 "attractor-medium-370m"),
+    "attractor-770m": _attractor(
+        _W1280, 35, 2,
+        _solve(32, 6, 1.5e-4, mixing=0.96, backward="implicit"), 770e6,
+        "attractor-large-770m"),
+    # The public code's "1.3b": really ~0.79B parameters. Its solver settings
+    # are the public config's own (max_iter 64, min_iter 8, tol 1e-4).
+    "attractor-790m": _attractor(_W1536, 23, 3, _solve(64, 8, 1e-4), 790e6,
+                                 "attractor-xlarge-1_3b"),
     # Transformers with as many blocks as the attractor's backbone + head.
     "gpt-140m": _gpt(_W1024, 8, 140e6),
     "gpt-370m": _gpt(_W1280, 17, 370e6),
@@ -156,6 +166,12 @@ def get_preset(name: str) -> ModelConfig:
       differently here.
   """
   return _lookup(name).config
+
+
+def public_counterparts() -> dict[str, str]:
+  """Public preset name -> the name of our preset with its shapes and solver."""
+  return {preset.public_name: name for name, preset in PRESETS.items()
+          if preset.public_name is not None}
 
 
 def stated_params(name: str) -> int:

@@ -36,20 +36,32 @@ Conventions, and what is done about each:
   exact because attention scores are invariant under one permutation applied to
   both q and k and the unit-scale QK-norm is permutation invariant.
   `config_from_public` picks "interleaved".
-- QK-norm: the public code applies a weightless RMS norm (torch's default eps)
-  after the rotary; ours applies RMSNorm (eps = norm_eps, scale) before it.
-  With unit scales the two commute (a rotation keeps each head's norm); only
-  the eps differs (1e-5 vs ~1.2e-7): a relative difference ~eps / mean(q^2).
+- QK-norm: the public code applies a weightless RMS norm after the rotary
+  with torch's default eps, finfo(activation dtype).eps (float32: ~1.19e-7;
+  bfloat16: 2^-7); ours applies RMSNorm (scale) before it. With unit scales
+  the two commute (a rotation keeps each head's norm). `config_from_public`
+  sets `qk_norm_eps` to finfo(our activation dtype).eps, the public value for
+  the same dtype; our own models keep qk_norm_eps = norm_eps = 1e-5.
 - Gates: public gate = sigmoid(raw_gamma) * gamma_max; ours gate_max *
   sigmoid(raw). We keep the gate VALUES: raw = logit(sigmoid(raw_gamma) *
   gamma_max / gate_max), which is raw_gamma itself when gamma_max == gate_max
   (copied bit for bit). A gate >= our gate_max cannot be represented: error.
 - Embedding/logit scales: the public model multiplies embeddings by
-  `init.embedding_scale` and logits by `init.logit_scale`. Both are folded
-  exactly into the weights: E' = s E and ln_f' = ln_f * logit_scale / s (tied).
-  Their values for the released runs are not in the stored public source
-  (its `Init` base class is missing); pass them if the checkpoint's config
-  names them (`public_scales` reads `embedding_scale` / `logit_scale`).
+  `init.embedding_scale` and logits by `init.logit_scale`, both set by the
+  config's `init_strategy` (the public `attractor/utils/init.py`, see
+  `INIT_STRATEGY_SCALES`); `public_scales` derives them and refuses a
+  strategy it does not know. Both are folded exactly into the weights:
+  E' = s E and ln_f' = ln_f * logit_scale / s (tied).
+- Solver steps: the public solvers return f(x) of their last iterate x after
+  max_iter evaluations of f; ours returns its last (or best) iterate and
+  spends one more evaluation on that iterate's residual. Public max_iter N
+  maps to our max_iter N: both outputs then use the same N values of f (for
+  Picard/fpi, ours is exactly f^N(c), the public output). The public
+  Anderson first tests convergence at its third evaluation and counts
+  min_iter in evaluations, so min_iter P maps to max(P - 1, 2) (fpi:
+  max(P - 1, 0)), the same first iterate allowed to stop; and, as the public
+  model does, Anderson with max_iter < 3 becomes Picard. See
+  docs/checkpoint_import.md.
 - RMSNorm: the public norm's learned `weight` multiplies the normalised input
   (no unit offset outside "Gemma"-named configs), like our `scale`.
 """
@@ -57,53 +69,176 @@ Conventions, and what is done about each:
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import struct
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import numpy as safetensors_np
 
+from attractor_jax.models import presets
+from attractor_jax.models.config import DTYPES
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn import attractor_head
 
 # Non-parameter buffers of the public model, ignored (freqs_cis is checked).
 PUBLIC_BUFFERS = ("freqs_cis",)
-# Wrapper prefixes (torch.compile, DDP) stripped from every name.
-WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+# Wrapper prefixes (torch.compile, DDP, Lightning, an HF-style wrapper)
+# stripped from every name, as the public loader does.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.", "model.", "_forward_module.")
 
-# Architecture and solver fields of the public LM presets (their configs/).
+# The public code's QK-norm epsilon on float32 activations: torch's rms_norm
+# default, finfo(dtype).eps of its input.
+PUBLIC_QK_NORM_EPS = float(np.finfo(np.float32).eps)
+
+# Fields of the public LM configs (attractor/configs/attractor/*.py) that our
+# preset registry does not hold: the gates (our presets use our own), the
+# backward details and the public-only settings. Shapes and solver settings
+# come from the registry (`presets.public_counterparts`), so each public fact
+# is written down once.
 _PUBLIC_COMMON = dict(
-    block_size=2048, vocab_size=32768, padding_multiple=64, bias=False,
-    tie_embeddings=True, architecture_class_name="Attractor",
+    block_size=2048, padding_multiple=64, bias=False,
+    architecture_class_name="Attractor",
     block_class_name="TransformerPreNormBlock", norm_class_name="RMSNorm",
-    norm_eps=1e-5, mlp_class_name="BaseMLP", nonlin_name="ReLU2",
-    qk_norm=True, logit_softcap=None, solver="anderson", anderson_m=5)
-PUBLIC_PRESETS = {
+    logit_softcap=None, init_strategy="scaled-zero", init_orthogonal=True)
+_PUBLIC_ONLY = {
     "attractor-small-140m": dict(
-        _PUBLIC_COMMON, n_embd=1024, num_attention_heads=8,
-        intermediate_size=4096, n_backbone_layers=7, n_fp_blocks=1,
-        max_iter=64, min_iter=6, tol=3e-4, anderson_beta=1.0,
-        backward_type="onestep", backward_max_iter=64, backward_tol=3e-4,
-        adjoint_grad_clip=None, layer_scale_init=0.75, gamma_max=0.75),
+        backward_min_iter=6, adjoint_grad_clip=None, layer_scale_init=0.75,
+        gamma_max=0.75),
     "attractor-medium-370m": dict(
-        _PUBLIC_COMMON, n_embd=1280, num_attention_heads=10,
-        intermediate_size=5120, n_backbone_layers=15, n_fp_blocks=2,
-        max_iter=64, min_iter=8, tol=2e-4, anderson_beta=1.0,
-        backward_type="onestep", backward_max_iter=64, backward_tol=2e-4,
-        adjoint_grad_clip=None, layer_scale_init=0.75, gamma_max=1.0),
+        backward_min_iter=6, adjoint_grad_clip=None, layer_scale_init=0.75,
+        gamma_max=1.0),
     "attractor-large-770m": dict(
-        _PUBLIC_COMMON, n_embd=1280, num_attention_heads=10,
-        intermediate_size=5120, n_backbone_layers=35, n_fp_blocks=2,
-        max_iter=32, min_iter=6, tol=1.5e-4, anderson_beta=0.96,
-        backward_type="anderson", backward_max_iter=32, backward_tol=1.5e-4,
-        adjoint_grad_clip=2.0, layer_scale_init=0.73, gamma_max=0.9),
+        backward_min_iter=6, adjoint_grad_clip=2.0, layer_scale_init=0.73,
+        gamma_max=0.9),
     "attractor-xlarge-1_3b": dict(
-        _PUBLIC_COMMON, n_embd=1536, num_attention_heads=12,
-        intermediate_size=6144, n_backbone_layers=23, n_fp_blocks=3,
-        max_iter=64, min_iter=8, tol=1e-4, anderson_beta=1.0,
-        backward_type="onestep", backward_max_iter=64, backward_tol=1e-4,
-        adjoint_grad_clip=None, layer_scale_init=0.5, gamma_max=1.0),
+        backward_min_iter=8, adjoint_grad_clip=None, layer_scale_init=0.5,
+        gamma_max=1.0),
 }
+_PUBLIC_NONLIN = {"relu2": ("BaseMLP", "ReLU2"), "swiglu": ("GatedMLP", "SiLU")}
+
+
+def _public_preset(public_name: str, config: ModelConfig) -> dict:
+  """The public config (its field names) of one of our registry's presets."""
+  solve = config.solve
+  mlp_class, nonlin = _PUBLIC_NONLIN[config.mlp]
+  backward_type = ("onestep" if solve.backward == "onestep"
+                   else solve.backward_solver)
+  return dict(
+      _PUBLIC_COMMON, name=public_name, vocab_size=config.vocab_size,
+      solver={"anderson": "anderson", "picard": "fpi"}[solve.solver],
+      n_embd=config.dim, num_attention_heads=config.num_heads,
+      num_key_value_heads=config.num_heads, intermediate_size=config.mlp_dim,
+      tie_embeddings=config.tie_embeddings, norm_eps=config.norm_eps,
+      mlp_class_name=mlp_class, nonlin_name=nonlin, qk_norm=config.qk_norm,
+      rope_settings=dict(use_rope=True, rope_condense_ratio=1,
+                         rope_base=int(config.rope_theta)),
+      n_backbone_layers=config.num_layers, n_fp_blocks=config.head_layers,
+      max_iter=solve.max_iter, min_iter=solve.min_iter, tol=solve.tol,
+      anderson_m=solve.history, anderson_beta=solve.mixing,
+      backward_type=backward_type,
+      backward_max_iter=solve.backward_max_iter or solve.max_iter,
+      backward_tol=solve.backward_tol or solve.tol,
+      **_PUBLIC_ONLY[public_name])
+
+
+# The public LM presets, by their public names.
+PUBLIC_PRESETS = {
+    public: _public_preset(public, presets.get_preset(ours))
+    for public, ours in presets.public_counterparts().items()}
+
+# (embedding_scale, logit_scale) that each public `init_strategy` implies, as
+# a function of the width d: the public Init's `embedding_scale` (its table's
+# "embed_scale", default 1) and `logit_scale` (its table's "logit_scale",
+# default 1, divided by mup_model_scaling_factor, which must be 1 here).
+# Nothing else in a strategy changes the forward pass (only the init).
+_UNIT = lambda d: (1.0, 1.0)
+INIT_STRATEGY_SCALES = {
+    **{name: _UNIT for name in (
+        "mitchell", "normal", "llama", "llama-by-dim", "kaiming", "bert",
+        "megatron", "megatron2", "small", "scaled", "scaled-geiping",
+        "scaled-zero", "scaled-stuck", "wang", "deepnorm-straight",
+        "deepnorm-subln", "bernstein", "illiterate", "scaled-large-embed")},
+    **{name: (lambda d: (1.0, 1.0 / math.sqrt(d))) for name in (
+        "llama-by-dim-ls", "noci-anagnostidis", "shaped", "deep-scale-simple",
+        "deep-scale-full", "scaled-and-logit-scale")},
+    "takase": lambda d: (math.sqrt(d), 1.0),
+    "takase-scaled": lambda d: (math.sqrt(d), math.sqrt(2 / 5) / math.sqrt(d)),
+}
+# The public Config's default init_strategy.
+PUBLIC_DEFAULT_INIT_STRATEGY = "scaled"
+
+
+# One line that turns the public save_pretrained's pytorch_model.bin (or a
+# torch.save'd model.pt) into safetensors; needs torch and safetensors. The
+# copy unties tensors that share memory (the tied lm_head), which
+# safetensors refuses to save.
+TORCH_TO_SAFETENSORS = (
+    "python -c \"import sys, torch, safetensors.torch as st; "
+    "sd = torch.load(sys.argv[1], map_location='cpu', weights_only=True); "
+    "st.save_file({k: v.to(torch.float32, copy=True).contiguous() "
+    "for k, v in sd.items()}, sys.argv[2])\" "
+    "pytorch_model.bin model.safetensors")
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+# ------------------------------------------------------------- checkpoint
+
+
+def _read_bfloat16_safetensors(path: str, header: dict) -> dict:
+  """safetensors' numpy loader cannot read BF16; read those tensors here."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16,
+            "F32": np.float32, "F64": np.float64}
+  tensors = {}
+  with open(path, "rb") as f:
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    data = memoryview(f.read()[header_len:])
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    if info["dtype"] not in dtypes:
+      raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; "
+                       f"expected one of {sorted(dtypes)}.")
+    start, end = info["data_offsets"]
+    tensors[name] = np.frombuffer(data[start:end], dtypes[info["dtype"]]
+                                  ).reshape(info["shape"])
+  return tensors
+
+
+def read_checkpoint(path: str) -> dict[str, np.ndarray]:
+  """The tensors of a public checkpoint saved as safetensors (BF16 too).
+
+  Raises:
+    ValueError: for a PyTorch checkpoint (pickle or zip; .bin, .pt, ...),
+      with the one line that converts it (`TORCH_TO_SAFETENSORS`), or for a
+      file that is not safetensors at all.
+  """
+  with open(path, "rb") as f:
+    head = f.read(8)
+    header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+    header_bytes = f.read(header_len) if 0 < header_len < 1 << 30 else b""
+  try:
+    header = json.loads(header_bytes)
+  except ValueError:
+    header = None
+  if not isinstance(header, dict) or 8 + header_len > os.path.getsize(path):
+    if head.startswith((b"PK\x03\x04", b"\x80")) or path.endswith(
+        _TORCH_SUFFIXES):                     # zip or pickle: torch.save
+      raise ValueError(
+          f"{path} is a PyTorch checkpoint (the public save_pretrained writes "
+          "pytorch_model.bin); this converter reads safetensors. Convert it "
+          f"once, with torch and safetensors installed:\n  "
+          f"{TORCH_TO_SAFETENSORS}\n(docs/checkpoint_import.md).")
+    raise ValueError(f"{path} is not a safetensors file.")
+  if any(isinstance(v, Mapping) and v.get("dtype") == "BF16"
+         for v in header.values()):
+    return _read_bfloat16_safetensors(path, header)
+  return safetensors_np.load_file(path)
 
 
 # ----------------------------------------------------------------- config
@@ -126,13 +261,47 @@ def _rope_settings(cfg: Mapping[str, Any]) -> dict:
   return rope
 
 
-def public_scales(public_cfg: Mapping[str, Any]) -> tuple[float, float]:
-  """(embedding_scale, logit_scale) named in a public config; 1.0 if absent."""
+def public_scales(public_cfg: Mapping[str, Any], *,
+                  embedding_scale: Optional[float] = None,
+                  logit_scale: Optional[float] = None) -> tuple[float, float]:
+  """(embedding_scale, logit_scale) of a public config, from its init_strategy.
+
+  Args:
+    public_cfg: the public config (its field names); `init_strategy` defaults
+      to the public default, "scaled".
+    embedding_scale, logit_scale: explicit values. Needed (both) for a
+      strategy not in `INIT_STRATEGY_SCALES`; for a known one they must equal
+      what the strategy implies.
+
+  Raises:
+    ValueError: an unknown strategy without both explicit scales, explicit
+      scales (or scales named in the config) that contradict the strategy, or
+      a mup_model_scaling_factor other than 1.
+  """
+  strategy = public_cfg.get("init_strategy") or PUBLIC_DEFAULT_INIT_STRATEGY
+  if public_cfg.get("mup_model_scaling_factor", 1) != 1:
+    raise ValueError("Public mup_model_scaling_factor != 1 is not supported.")
   init = public_cfg.get("init")
   init = init if isinstance(init, Mapping) else {}
-  emb = public_cfg.get("embedding_scale", init.get("embedding_scale", 1.0))
-  logit = public_cfg.get("logit_scale", init.get("logit_scale", 1.0))
-  return float(emb), float(logit)
+  named = {"embedding_scale": embedding_scale, "logit_scale": logit_scale}
+  for key in named:                 # scales written into the config itself
+    if named[key] is None:
+      named[key] = public_cfg.get(key, init.get(key))
+  if strategy not in INIT_STRATEGY_SCALES:
+    if None in named.values():
+      raise ValueError(
+          f"Public init_strategy {strategy!r} is unknown, so its embedding and "
+          "logit scales cannot be derived; pass both (--embedding_scale and "
+          f"--logit_scale). Known strategies: {sorted(INIT_STRATEGY_SCALES)}.")
+    return float(named["embedding_scale"]), float(named["logit_scale"])
+  derived = INIT_STRATEGY_SCALES[strategy](int(public_cfg["n_embd"]))
+  for (key, given), want in zip(named.items(), derived):
+    if given is not None and not math.isclose(float(given), want,
+                                              rel_tol=1e-6):
+      raise ValueError(
+          f"{key}={given} contradicts the public init_strategy {strategy!r}, "
+          f"which gives {want:.6g} at n_embd={public_cfg['n_embd']}.")
+  return derived
 
 
 def config_from_public(public_cfg: Mapping[str, Any], **overrides
@@ -141,6 +310,13 @@ def config_from_public(public_cfg: Mapping[str, Any], **overrides
 
   Training-only fields (lr scales, init strategy, ...) are ignored; settings
   our model cannot reproduce (biases, clip_qkv, codas, ...) raise ValueError.
+  The embedding/logit scales are not part of our config: see
+  `public_scales`. Solver steps are mapped so that our output uses as many
+  evaluations of f as the public one (module docstring): max_iter N stays N,
+  min_iter P becomes max(P - 1, 2) for Anderson and max(P - 1, 0) for
+  Picard (public "fpi"), and Anderson with max_iter < 3 becomes Picard.
+  `qk_norm_eps` is finfo(dtype).eps of our activation dtype (the public
+  default for activations of that dtype) unless overridden.
   """
   cfg = dict(public_cfg)
   _require(cfg, "architecture_class_name", ("Attractor", "EQLM"), "Attractor")
@@ -182,14 +358,21 @@ def config_from_public(public_cfg: Mapping[str, Any], **overrides
                   gate_max * (1.0 - 1e-6))
   backward_type = _require(cfg, "backward_type",
                            ("onestep", "anderson", "picard"), "onestep")
-  solver = {"anderson": "anderson", "fpi": "picard"}[
-      _require(cfg, "solver", ("anderson", "fpi"), "anderson")]
+  public_solver = _require(cfg, "solver", ("anderson", "fpi"), "anderson")
   max_iter = int(cfg.get("max_iter", 12))
+  if public_solver == "anderson" and max_iter < 3:
+    public_solver = "fpi"                  # as the public model does
+  solver = {"anderson": "anderson", "fpi": "picard"}[public_solver]
+  # The public min_iter counts evaluations of f; its Anderson first tests
+  # convergence at the third. Ours counts steps after the first evaluation.
+  first_test = 2 if public_solver == "anderson" else 0
+  public_min_iter = min(int(cfg.get("min_iter", 0)), max_iter)
+  min_iter = min(max(public_min_iter - 1, first_test), max_iter)
   tol = float(cfg.get("tol", 1e-3))
   solve = attractor_head.SolveConfig(
       solver=solver, history=int(cfg.get("anderson_m", 5)),
       mixing=float(cfg.get("anderson_beta", 1.0)), max_iter=max_iter,
-      min_iter=int(cfg.get("min_iter", 0)), tol=tol,
+      min_iter=min_iter, tol=tol,
       backward="onestep" if backward_type == "onestep" else "implicit",
       backward_solver="anderson" if backward_type == "anderson" else "picard",
       backward_max_iter=int(cfg.get("backward_max_iter") or max_iter),
@@ -213,6 +396,9 @@ def config_from_public(public_cfg: Mapping[str, Any], **overrides
       tie_embeddings=bool(cfg.get("tie_embeddings", True)),
       logit_softcap=cfg.get("logit_softcap"))
   fields.update(overrides)
+  if "qk_norm_eps" not in overrides:
+    dtype = DTYPES[fields.get("dtype", "float32")]
+    fields["qk_norm_eps"] = float(jnp.finfo(dtype).eps)
   return ModelConfig(**fields)
 
 
@@ -329,7 +515,8 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], config: ModelConfig,
     tensors: the public state dict, name -> array (e.g. safetensors.numpy).
     config: our model's config (see `config_from_public`).
     public_gamma_max: the checkpoint's gamma_max (default: config.gate_max).
-    embedding_scale, logit_scale: the public `init` scales, folded in.
+    embedding_scale, logit_scale: the public `init` scales, folded in (see
+      `public_scales`; 1 and 1 for the public presets' "scaled-zero").
 
   Raises:
     ValueError: listing every unknown and missing name, every shape mismatch
@@ -343,10 +530,13 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], config: ModelConfig,
     raise ValueError("The public blocks are pre-norm; set norm='pre'.")
   tensors = dict(tensors)
   for name in list(tensors):
-    for prefix in WRAPPER_PREFIXES:
-      if name.startswith(prefix):
-        tensors[name[len(prefix):]] = tensors.pop(name)
-        break
+    bare = name
+    while bare.startswith(WRAPPER_PREFIXES):
+      bare = bare.split(".", 1)[1]
+    if bare != name:
+      if bare in tensors:
+        raise ValueError(f"{name!r} and {bare!r} are both in the checkpoint.")
+      tensors[bare] = tensors.pop(name)
   buffers = {name: tensors.pop(name) for name in PUBLIC_BUFFERS
              if name in tensors}
 
@@ -404,6 +594,26 @@ def convert_state_dict(tensors: Mapping[str, np.ndarray], config: ModelConfig,
   return params
 
 
+def convert_public(tensors: Mapping[str, np.ndarray],
+                   public_cfg: Mapping[str, Any], *,
+                   embedding_scale: Optional[float] = None,
+                   logit_scale: Optional[float] = None, **overrides
+                   ) -> tuple[ModelConfig, dict]:
+  """(our config, our parameters) of a public checkpoint and its config.
+
+  Everything the public config decides is taken from it: the architecture
+  and solver (`config_from_public`, with `overrides`), the scales
+  (`public_scales`, with the explicit values given) and the gates' gamma_max.
+  """
+  config = config_from_public(public_cfg, **overrides)
+  emb, logit = public_scales(public_cfg, embedding_scale=embedding_scale,
+                             logit_scale=logit_scale)
+  gamma_max = float(public_cfg.get("gamma_max") or 1.0)
+  params = convert_state_dict(tensors, config, public_gamma_max=gamma_max,
+                              embedding_scale=emb, logit_scale=logit)
+  return config, params
+
+
 def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
   flat = {}
   for key, value in tree.items():
@@ -450,6 +660,7 @@ def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
   return ModelConfig(**values)
 
 
-__all__ = ["PUBLIC_BUFFERS", "PUBLIC_PRESETS", "config_from_dict",
-           "config_from_public", "config_to_dict", "convert_state_dict",
+__all__ = ["INIT_STRATEGY_SCALES", "PUBLIC_BUFFERS", "PUBLIC_PRESETS",
+           "PUBLIC_QK_NORM_EPS", "config_from_dict", "config_from_public",
+           "config_to_dict", "convert_public", "convert_state_dict",
            "load_into_model", "public_scales"]

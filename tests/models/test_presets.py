@@ -1,6 +1,8 @@
 """The preset registry: every preset's parameter count, lookups and errors."""
 
+import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ from flax import nnx
 
 from attractor_jax import models
 from attractor_jax.models import presets
+from attractor_jax.models import torch_import
 
 
 @functools.cache
@@ -130,3 +133,51 @@ def test_tiny_presets_trace_a_forward_pass(name):
 
   out = nnx.eval_shape(forward)
   assert out.logits.shape == (2, 16, 256) and out.loss.shape == ()
+
+
+def _flat(config) -> dict:
+  values = dataclasses.asdict(config)
+  solve = values.pop("solve")
+  values.update({f"solve.{key}": value for key, value in solve.items()})
+  return values
+
+
+@pytest.mark.parametrize("public_name", sorted(presets.public_counterparts()))
+def test_public_presets_agree_with_the_registry_field_by_field(public_name):
+  """torch_import's public presets are derived from this registry; importing
+  one gives our preset back except where the public model differs on
+  purpose (its gates, its QK-norm epsilon) or by the import's mappings."""
+  ours = presets.get_preset(presets.public_counterparts()[public_name])
+  public = torch_import.PUBLIC_PRESETS[public_name]
+  imported = _flat(torch_import.config_from_public(public))
+  registry = _flat(ours)
+  solve = ours.solve
+  expected_differences = {
+      # Exact weights load interleaved; "half" is the same up to a
+      # permutation of q/k dims (torch_import's docstring).
+      "rope_convention": ("interleaved", "half"),
+      "qk_norm_eps": (torch_import.PUBLIC_QK_NORM_EPS, None),
+      # Public gates; our presets keep our own (gate_max 1, gate_init 0.1).
+      "gate_max": (public["gamma_max"], 1.0),
+      "gate_init": (min(public["layer_scale_init"],
+                        public["gamma_max"] * (1 - 1e-6)), 0.1),
+      # Public min_iter counts evaluations of f (solver-step mapping).
+      "solve.min_iter": (max(solve.min_iter - 1, 2), solve.min_iter),
+      # Explicit in the public config, defaults (the same values) here.
+      "solve.backward_max_iter": (solve.max_iter, None),
+      "solve.backward_tol": (solve.tol, None),
+      # Used only by the one-step backward / the implicit one respectively.
+      "solve.onestep_clip": (public["adjoint_grad_clip"], None),
+      "solve.backward_solver": (
+          "anderson" if solve.backward == "implicit" else "picard",
+          solve.backward_solver),
+  }
+  def same(a, b):
+    if isinstance(a, float) and isinstance(b, float):
+      return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+  for key in registry:
+    want = expected_differences.get(key, (registry[key], registry[key]))
+    got = (imported[key], registry[key])
+    assert same(got[0], want[0]) and same(got[1], want[1]), (key, got, want)
