@@ -10,6 +10,7 @@ reference our converted model must reproduce.
 import functools
 import json
 import math
+import pathlib
 import struct
 import sys
 import types
@@ -581,6 +582,8 @@ def test_the_conversion_line_runs(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", fake_torch)
   monkeypatch.setitem(sys.modules, "safetensors.torch", fake_st)
   line = torch_import.TORCH_TO_SAFETENSORS
+  docs = pathlib.Path(__file__).resolve().parents[2] / "docs"
+  assert line in (docs / "checkpoint_import.md").read_text()
   program = line[line.index('"') + 1:line.rindex('"')]
   out = str(tmp_path / "out.safetensors")
   monkeypatch.setattr(sys, "argv", ["-c", "in.bin", out])
