@@ -84,6 +84,12 @@ class Anderson:
     lam = self.ridge * scale
     # Unused slots get an identity row and a zero border, so their weight is 0.
     gram = gram + lam[:, None, None] * eye * valid_f + eye * (1.0 - valid_f)
+    # A zero history (an example at its fixed point, or frozen) would make the
+    # system singular; its NaN weights are discarded below, but under
+    # reverse-mode autodiff (unrolled solves) they would still poison the
+    # gradient through jnp.where. Solve a harmless system for those rows.
+    usable = scale > 0
+    gram = jnp.where(usable[:, None, None], gram, eye)
     batch = gram.shape[0]
     border = jnp.broadcast_to(valid_f, (batch, m))
     top = jnp.concatenate([jnp.zeros((batch, 1), dtype), border], axis=1)
@@ -94,5 +100,5 @@ class Anderson:
     alpha = solution[:, 1:]
     ok = (jnp.all(jnp.isfinite(alpha), axis=1)
           & (jnp.max(jnp.abs(alpha), axis=1) < self.max_weight)
-          & (scale > 0))
+          & usable)
     return jnp.where(ok[:, None], alpha, 0.0), ok

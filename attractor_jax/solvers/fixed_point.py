@@ -118,7 +118,9 @@ def fixed_point(
     backward: str = "implicit",
     max_iter: int = 50,
     tol: float = 1e-4,
+    atol: float = 0.0,
     min_iter: int = 0,
+    divergence_factor: Optional[float] = loop.DEFAULT_DIVERGENCE_FACTOR,
     track_best: bool = True,
     trace: bool = False,
     backward_solver: Union[str, FixedPointSolver] = "anderson",
@@ -144,13 +146,21 @@ def fixed_point(
     solver: "anderson", "picard", "broyden", or a solver object.
     backward: one of "implicit", "onestep", "jfb", "phantom", "unrolled".
     max_iter: most solver steps; 0 returns y0 unchanged without evaluating f.
-    tol: per-example tolerance on ||f(y) - y|| / ||y||.
-    min_iter: no example stops before this many steps.
+    tol: per-example relative tolerance: an example converges when
+      ||f(y) - y|| <= atol + tol * max(||y0||, ||f(y0)||), a scale fixed at
+      the start (see `LoopOptions`). tol = atol = 0 runs exactly max_iter
+      steps.
+    atol: absolute tolerance on ||f(y) - y|| (forward solve only).
+    min_iter: no example stops on convergence before this many steps.
+    divergence_factor: stop and flag (`stats.diverged`) an example whose
+      ||y|| or ||f(y) - y|| exceeds this times the start scale; None: never.
+      The implicit backward solve uses the same factor.
     track_best: return each example's lowest-residual iterate.
     trace: record the residual of every step in `stats.trace`.
     backward_solver: solver of the `implicit` backward fixed point.
     backward_max_iter: its step limit (default: max_iter).
-    backward_tol: its tolerance (default: tol).
+    backward_tol: its relative tolerance (default: tol), against the scale
+      max(||v||, ||J^T v + v||) of its start u0 = v, v the cotangent of y*.
     onestep_clip: `onestep` clipping of J^T v relative to ||v||.
     phantom_steps: K for `phantom`.
     phantom_damping: damping of the `phantom` steps.
@@ -166,14 +176,16 @@ def fixed_point(
     forward solve's per-example `SolverStats`.
   """
   options = loop.LoopOptions(max_iter=max_iter, tol=tol, min_iter=min_iter,
-                             track_best=track_best, trace=trace)
+                             track_best=track_best, trace=trace, atol=atol,
+                             divergence_factor=divergence_factor)
   forward_solver = make_solver(solver, **solver_options)
   backward_options = BackwardOptions(
       mode=backward,
       solver=make_solver(backward_solver),
       loop=loop.LoopOptions(
           max_iter=max_iter if backward_max_iter is None else backward_max_iter,
-          tol=tol if backward_tol is None else backward_tol),
+          tol=tol if backward_tol is None else backward_tol,
+          divergence_factor=divergence_factor),
       onestep_clip=onestep_clip, phantom_steps=phantom_steps,
       phantom_damping=phantom_damping, on_failure=on_backward_failure)
   spec = flat_lib.flat_spec(y0)
@@ -276,21 +288,24 @@ def _cotangent_u(closed_f, options, params, consts, c, y_star, v, probe):
   if options.on_failure == "nan":
     u = jnp.where(failed[:, None], jnp.nan, u)
   elif options.on_failure == "warn":
-    jax.debug.callback(_warn_if_failed, jnp.sum(failed), jnp.nanmax(
-        jnp.where(failed, stats.residual, 0.0)), options.loop.max_iter)
+    jax.debug.callback(_warn_if_failed, jnp.sum(failed),
+                       jnp.sum(stats.diverged), jnp.nanmax(
+                           jnp.where(failed, stats.residual, 0.0)),
+                       options.loop.max_iter)
   return u, probe_lib.probe_cotangent(stats, probe)
 
 
-def _warn_if_failed(num_failed, worst_residual, max_iter):
+def _warn_if_failed(num_failed, num_diverged, worst_residual, max_iter):
   # Under vmap the callback sees batched values: reduce them here.
   num_failed = int(np.sum(num_failed))
   if num_failed > 0:
     logger.warning(
         "fixed_point: the implicit backward solve did not converge for %d "
-        "example(s) (worst relative residual %.3g after %d steps); their "
-        "gradients are approximate. Raise backward_max_iter or loosen "
-        "backward_tol, or pass on_backward_failure='nan' to drop them.",
-        num_failed, float(np.max(worst_residual)), int(np.max(max_iter)))
+        "example(s) (%d diverged; worst relative residual %.3g, at most %d "
+        "steps); their gradients are approximate. Raise backward_max_iter or "
+        "loosen backward_tol, or pass on_backward_failure='nan' to drop them.",
+        num_failed, int(np.sum(num_diverged)), float(np.max(worst_residual)),
+        int(np.max(max_iter)))
 
 
 _solve.defvjp(_solve_fwd, _solve_bwd)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 from attractor_jax.solvers.stats import SolverStats
 
-_FIELDS = ("examples", "iterations", "residual", "not_converged", "nonfinite")
+_FIELDS = ("examples", "iterations", "residual", "not_converged", "nonfinite",
+           "diverged")
 
 
 class BackwardStats(NamedTuple):
@@ -27,9 +28,12 @@ class BackwardStats(NamedTuple):
     examples: examples whose cotangent was computed.
     mean_iterations: mean backward solver steps per example (0 for modes that
       solve nothing: onestep, jfb, phantom).
-    mean_residual: mean final relative residual of the backward solve.
-    not_converged: examples whose backward solve missed its tolerance.
+    mean_residual: mean final residual of the backward solve, relative to
+      the scale of its start (see `SolverStats.residual`).
+    not_converged: examples whose backward solve missed its tolerance
+      (including the nonfinite and diverged ones).
     nonfinite: examples whose backward solve produced NaN or Inf.
+    diverged: examples whose backward solve ran away (`SolverStats.diverged`).
   """
 
   examples: jax.Array
@@ -37,6 +41,7 @@ class BackwardStats(NamedTuple):
   mean_residual: jax.Array
   not_converged: jax.Array
   nonfinite: jax.Array
+  diverged: jax.Array
 
 
 def backward_probe() -> jax.Array:
@@ -53,6 +58,7 @@ def probe_cotangent(stats: SolverStats, probe: jax.Array) -> jax.Array:
       jnp.sum(residual).astype(jnp.float32),
       jnp.sum(~stats.converged).astype(jnp.float32),
       jnp.sum(stats.nonfinite).astype(jnp.float32),
+      jnp.sum(stats.diverged).astype(jnp.float32),
   ])
   return values.astype(probe.dtype)
 
@@ -75,4 +81,5 @@ def backward_stats(probe_gradient: jax.Array) -> BackwardStats:
       mean_iterations=probe_gradient[1] / per_example,
       mean_residual=probe_gradient[2] / per_example,
       not_converged=probe_gradient[3],
-      nonfinite=probe_gradient[4])
+      nonfinite=probe_gradient[4],
+      diverged=probe_gradient[5])
