@@ -14,8 +14,8 @@ context the model was trained on.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 import warnings
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
