@@ -9,14 +9,14 @@ The state y is [batch, seq, width]; each batch row is one example.
 
 Table 1: forward solves to tolerance with picard, anderson and broyden, on a
   fast-contracting map (small gate) and a slowly contracting one (larger
-  gate): map evaluations, mean iterations, converged fraction, final residual
-  and the median wall time of the jitted solve.
+  gate): map evaluations, mean iterations, converged and diverged fractions,
+  the largest final residual (relative to max(||y0||, ||f(y0)||), see
+  `LoopOptions`) and the median wall time of the jitted solve.
 Table 2: one jitted gradient step (loss = mean(y*^2), gradient w.r.t. params
   and c) for backward in (implicit, onestep, unrolled) and max_iter in
-  (4, 16, 64), every solve forced to run exactly max_iter steps (min_iter =
-  max_iter and a tolerance no solve reaches, forward and backward). Times are
-  measured round-robin over configurations; ratios are relative to implicit
-  at max_iter 4, measured in the same run.
+  (4, 16, 64), every solve forced to run exactly max_iter steps (tol = 0,
+  forward and backward). Times are measured round-robin over configurations;
+  ratios are relative to implicit at max_iter 4, measured in the same run.
 
 Run from the repository root:
 
@@ -105,6 +105,7 @@ def solver_table(f, params, c, args):
         "f_evals": int(stats.num_f_evals),
         "iterations": float(jnp.mean(stats.iterations)),
         "converged": float(jnp.mean(stats.converged)),
+        "diverged": float(jnp.mean(stats.diverged)),
         "residual": float(jnp.max(stats.residual)),
         "seconds": timed(solve, (params, c), args.repeats),
     }
@@ -115,9 +116,8 @@ def make_grad_step(f, backward, max_iter):
   """jit(grad) of mean(y*^2) w.r.t. (params, c, probe); aux: fwd iterations."""
   def loss(params, c, probe):
     y, stats = attractor_jax.fixed_point(
-        f, params, c, c, backward=backward, max_iter=max_iter,
-        min_iter=max_iter, tol=1e-30, backward_tol=1e-30,
-        on_backward_failure="ignore", backward_probe=probe)
+        f, params, c, c, backward=backward, max_iter=max_iter, tol=0.0,
+        backward_tol=0.0, on_backward_failure="ignore", backward_probe=probe)
     return jnp.mean(jnp.square(y)), stats.iterations
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
 
@@ -152,11 +152,11 @@ def print_solver_table(name, rows, args):
   """Prints Table 1 for one map."""
   print(f"\nTable 1 ({name} map): solve to tol {args.tol:g}, "
         f"max_iter {args.max_iter}")
-  print(f"{'solver':<10}{'f_evals':>9}{'mean it':>9}{'conv':>7}"
+  print(f"{'solver':<10}{'f_evals':>9}{'mean it':>9}{'conv':>7}{'div':>6}"
         f"{'max resid':>11}{'time ms':>10}")
   for solver, r in rows.items():
     print(f"{solver:<10}{r['f_evals']:>9d}{r['iterations']:>9.1f}"
-          f"{r['converged']:>7.2f}{r['residual']:>11.2e}"
+          f"{r['converged']:>7.2f}{r['diverged']:>6.2f}{r['residual']:>11.2e}"
           f"{1e3 * r['seconds']:>10.1f}")
 
 
