@@ -1,4 +1,4 @@
-"""The Attractor language model (DESIGN.md section 1).
+"""The Attractor language model (docs/design.md section 1).
 
     e = E[x];  c = Backbone(e);  y* = solve y = c + R(y + c);
     logits = RMSNorm(y*) @ E^T

@@ -1,9 +1,9 @@
 """Named model presets: one registry, one line per preset.
 
-The LM presets follow the public code's shapes (DESIGN.md section 2): width /
-heads / MLP / backbone + head blocks / max_iter, min_iter, tol. Every preset
-shares vocab 32768, ReLU^2 MLPs, QK-norm, RoPE theta 50000, RMSNorm eps 1e-5,
-no biases and tied embeddings.
+The LM presets follow the public code's shapes (docs/design.md section 2):
+width / heads / MLP / backbone + head blocks / max_iter, min_iter, tol. Every
+preset shares vocab 32768, ReLU^2 MLPs, QK-norm, RoPE theta 50000, RMSNorm eps
+1e-5, no biases and tied embeddings.
 
 - `attractor-790m` is the public code's "1.3b" preset (1536/12/6144/23+3): it
   has ~0.79B parameters, so it is named by its real size here, and
@@ -54,7 +54,7 @@ class Preset:
   public_name: Optional[str] = None
 
 
-# Settings every preset shares (DESIGN.md section 2), then the sizes:
+# Settings every preset shares (docs/design.md section 2), then the sizes:
 # vocab / dim / heads / MLP.
 _LM = dict(vocab_size=32768, mlp="relu2", qk_norm=True, rope_theta=50000.0,
            norm_eps=1e-5, tie_embeddings=True)

@@ -4,7 +4,7 @@
     rows = depth_sweep(model, val_batches)           # T = 0, 1, 2, 4, ...
     paths = write_depth_sweep(rows, workdir)         # .json, .txt, .png
 
-The sweep measures equilibrium internalization (DESIGN.md section 1): at
+The sweep measures equilibrium internalization (docs/design.md section 1): at
 T = 0 the attractor LM decodes its proposal c without any solver step; if
 training internalized the fixed point, its loss is close to that of y*.
 

@@ -1,10 +1,11 @@
 """Optimisers: AdamW, or Muon for backbone matrices with AdamW for the rest.
 
-The recipe of DESIGN.md section 2: Muon for the backbone's matrices; AdamW for
-embeddings, norms, gates and the whole attractor head, whose learning rate is
-`lr * fp_lr_scale` and whose matrices (only) decay with `fp_wd`; a warm-up,
-then constant, trapezoid (constant then linear decay to 0) or cosine schedule;
-global-norm clipping; updates from non-finite gradients skipped and counted.
+The recipe of docs/design.md section 2: Muon for the backbone's matrices;
+AdamW for embeddings, norms, gates and the whole attractor head, whose learning
+rate is `lr * fp_lr_scale` and whose matrices (only) decay with `fp_wd`; a
+warm-up, then constant, trapezoid (constant then linear decay to 0) or cosine
+schedule; global-norm clipping; updates from non-finite gradients skipped and
+counted.
 
     tx = make_optimizer(OptimizerConfig(name="muon", lr=3e-3, total_steps=1000))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
