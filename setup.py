@@ -10,7 +10,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["attractor_jax", "attractor_jax.*"]),
-    package_data={"attractor_jax.puzzles": ["data/maze-hard/*.csv"]},
+    package_data={"attractor_jax.puzzles": ["data/maze-hard/*.csv",
+                                           "data/sudoku-extreme/*.csv"]},
     python_requires=">=3.10",
     # The solver core (attractor_jax.solvers) needs only jax and numpy; the
     # models, converter and training need the rest.

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from attractor_jax.puzzles import maze
+from attractor_jax.puzzles import sudoku
 
 
 def main(argv=None) -> int:
@@ -12,6 +13,7 @@ def main(argv=None) -> int:
       description="Build and inspect the puzzle data sets.")
   subparsers = parser.add_subparsers(dest="command", required=True)
   maze.add_build_command(subparsers)
+  sudoku.add_commands(subparsers)
   args = parser.parse_args(argv)
   return args.func(args)
 
