@@ -163,15 +163,19 @@ def _flag_error(error: Exception, config_name: Optional[str],
       if unknown:
         return unknown
     if "get_config" in str(error):
+      name = _flag_in_argv(names, argv) or names[0]
+      spec = _config_spec(name, argv) or _CONFIG_DEFAULTS.get(name, "")
       return errors.ConfigError(
-          f"The config file defines no get_config(): {error}\n"
-          "Pass a config file with a get_config() function.")
+          f"--{name}={spec}: the config file defines no get_config().\n"
+          "Pass a config file with a get_config() function, e.g. "
+          f"{_CONFIG_DEFAULTS.get(name, '')}.")
     return None
   if isinstance(error, flags.Error):
     message = str(error)
     if "Traceback (most recent call last)" in message:
       # ml_collections puts the config file's traceback into the message.
       where = message.split(": Error whilst parsing config file", 1)[0]
+      where = where[len("flag "):] if where.startswith("flag ") else where
       last = [line for line in message.splitlines() if line.strip()][-1]
       return errors.ConfigError(f"{where}: the config file raised "
                                 f"{last.strip()}\nFix the config file.")

@@ -68,6 +68,10 @@ def command(name: str):
 def run_command(name: str, argv, capsys):
   """(exit status, stderr lines) of `python -m attractor_jax.<name> argv`."""
   with command(name) as module:
+    # ml_collections loads a config file as module "config_config" and
+    # reuses a loaded one: a file without get_config() would find the last
+    # one's (here, the default file's, loaded when train was imported).
+    sys.modules.pop("config_config", None)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
       commands.run(module.main, argv=[f"attractor_jax.{name}", *argv])
@@ -106,11 +110,14 @@ def files(tmp_path_factory):
   contents = {"empty": b"", "binary": b"PK\x03\x04\x00\x00" + bytes(range(256)),
               "latin1": "caf\xe9 cr\xe8me\n".encode("latin-1"),
               "small": b"To be, or not to be.\n\n\nThat is all.\n",
-              "a_file": b"not a folder", "not_json": b"{nope"}
+              "a_file": b"not a folder", "not_json": b"{nope",
+              "raises.py": b"def get_config(variant=None):\n"
+                           b"  raise ValueError('my own problem')\n",
+              "no_get_config.py": b"CONFIG = {}\n"}
   paths = {"lm": LM}
   for name, content in contents.items():
     (root / name).write_bytes(content)
-    paths[name] = str(root / name)
+    paths[name.replace(".py", "")] = str(root / name)
   # A workdir as a run leaves it before its first checkpoint: config.json
   # and a tokenizer of RUN_VOCAB pieces, no checkpoints.
   run = root / "run"
@@ -145,6 +152,10 @@ TRAIN_CASES = [
      "cannot load the config file"),
     ("unknown-variant", ["--config={lm}:attractor-14m"],
      "Unknown config variant 'attractor-14m'. Did you mean 'attractor-140m'"),
+    ("config-file-raises", ["--config={raises}"],
+     "raises.py: the config file raised ValueError: my own problem"),
+    ("config-file-without-get-config", ["--config={no_get_config}"],
+     "no_get_config.py: the config file defines no get_config()"),
     ("unknown-field", ["--config.model.dimm=64"],
      "Did you mean --config.model.dim?"),
     ("unknown-section", ["--config.trainer.steps=5"],
@@ -286,8 +297,13 @@ def _ids(cases):
 
 @pytest.mark.parametrize("case,args,expected", TRAIN_CASES,
                          ids=_ids(TRAIN_CASES))
-def test_train(case, args, expected, files, tmp_path, capsys):
+def test_train(case, args, expected, files, tmp_path, capsys, monkeypatch):
   del case
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("validate_config passed: the run would train")
+
+  monkeypatch.setattr(experiment, "prepare_data", must_not_run)
   args = _fill(args, files, tmp_path)
   if not any(a.startswith("--config=") for a in args):
     args = [f"--config={LM}"] + args
@@ -361,6 +377,64 @@ def test_long_messages_are_cut_to_two_lines():
   error = errors.ConfigError("3 fields differ:\n  dim: a\n  mlp: b\nUse X.")
   assert commands.message_lines(error) == ["3 fields differ: dim: a; mlp: b",
                                            "Use X."]
+
+
+# ------------------------------------------- checkpoints (a real, tiny run)
+
+TRAINED_FLAGS = ["--config.model.dim=32", "--config.model.mlp_dim=64",
+                 "--config.model.num_heads=2", "--config.model.num_layers=1",
+                 "--config.solve.max_iter=4", "--config.data.vocab_size=512",
+                 "--config.data.seq_len=32", "--config.batch_size=4",
+                 "--config.sample.num_tokens=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A workdir trained for 2 steps, checkpointed at step 2."""
+  from attractor_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  config = lm.get_config()
+  config.model.dim, config.model.mlp_dim = 32, 64
+  config.model.num_heads, config.model.num_layers = 2, 1
+  config.solve.max_iter = 4
+  config.data.vocab_size, config.data.seq_len = 512, 32
+  config.batch_size, config.total_steps = 4, 2
+  config.eval_batches, config.checkpoint_every = 1, 2
+  config.depth_sweep, config.sample.num_tokens = False, 0
+  workdir = tmp_path_factory.mktemp("trained") / "wd"
+  trainer.train_and_evaluate(config, str(workdir))
+  assert (workdir / "checkpoints" / "2").is_dir()
+  return workdir
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model(trained, capsys):
+  before = snapshot(trained)
+  status, lines = run_command(
+      "train", [f"--config={LM}", *TRAINED_FLAGS, "--config.model.dim=48",
+                f"--workdir={trained}"], capsys)
+  assert_one_clear_error(status, lines, "dim: saved 32, current 48")
+  assert snapshot(trained) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command_name,args", [
+    ("evaluate", []), ("evaluate", ["--step=2"]),
+    ("generate", ["--num_tokens=4"])], ids=["evaluate-latest",
+                                            "evaluate-step", "generate"])
+def test_corrupt_checkpoint(command_name, args, trained, tmp_path, capsys):
+  workdir = tmp_path / "wd"
+  shutil.copytree(trained, workdir)
+  damaged = [f for f in (workdir / "checkpoints" / "2" / "state").rglob("*")
+             if f.is_file() and f.parent.name == "d"]
+  assert damaged
+  for name in damaged:
+    with open(name, "r+b") as f:
+      f.truncate(os.path.getsize(name) // 2)
+  before = snapshot(workdir)
+  status, lines = run_command(command_name, [f"--workdir={workdir}", *args],
+                              capsys)
+  assert_one_clear_error(status, lines, "step 2")
+  assert snapshot(workdir) == before
 
 
 # ------------------------------------------------------------ subprocesses
