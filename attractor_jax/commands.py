@@ -13,8 +13,8 @@ config field or variant), is printed on stderr as
     error: <what is wrong>
     <what to do>
 
-and the process exits with status 2 (`EXIT_USER_ERROR`). Any other exception
-is a bug and keeps its traceback.
+and the process exits with status 2 (`EXIT_USER_ERROR`), or the error's own
+`exit_code`. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -89,11 +89,12 @@ def run(main: Callable[[list[str]], None],
 
 
 def exit_with_user_error(error: Exception) -> None:
-  """Prints `error: ...` (one or two lines) on stderr and exits with 2."""
+  """Prints `error: ...` (one or two lines) on stderr and exits with the
+  error's `exit_code` (2 unless a UserError subclass says otherwise)."""
   lines = message_lines(error)
   sys.stderr.write("error: " + "\n".join(lines) + "\n")
   sys.stderr.flush()
-  sys.exit(EXIT_USER_ERROR)
+  sys.exit(getattr(error, "exit_code", EXIT_USER_ERROR))
 
 
 def message_lines(error: Exception) -> list[str]:

@@ -9,7 +9,14 @@ keeps working.
 
 
 class UserError(Exception):
-  """Bad input: a wrong config, path, checkpoint or argument."""
+  """Bad input: a wrong config, path, checkpoint or argument.
+
+  Attributes:
+    exit_code: the status the commands exit with (2: bad input; a subclass
+      may name another, e.g. a diverged run).
+  """
+
+  exit_code = 2
 
 
 class ConfigError(UserError, ValueError):

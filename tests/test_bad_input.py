@@ -373,6 +373,20 @@ def test_a_bug_keeps_its_traceback():
     commands.run(main, argv=["prog"])
 
 
+def test_a_user_error_may_name_its_exit_status(capsys):
+  class Diverged(errors.UserError):
+    exit_code = 3
+
+  def main(argv):
+    del argv
+    raise Diverged("the loss ran away\nlower the learning rate")
+  with pytest.raises(SystemExit) as exit_info:
+    commands.run(main, argv=["prog"])
+  assert exit_info.value.code == 3
+  assert capsys.readouterr().err == ("error: the loss ran away\n"
+                                     "lower the learning rate\n")
+
+
 def test_long_messages_are_cut_to_two_lines():
   error = errors.ConfigError("3 fields differ:\n  dim: a\n  mlp: b\nUse X.")
   assert commands.message_lines(error) == ["3 fields differ: dim: a; mlp: b",
