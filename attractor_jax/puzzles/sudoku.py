@@ -102,7 +102,10 @@ def _grid(grid) -> np.ndarray:
 
 def count_solutions(puzzle, limit: int = 2) -> int:
   """Number of solutions, counting at most `limit`; 0 for an invalid grid."""
-  return int(core.count_solutions(_grid(puzzle), limit))
+  found, _ = core.search(core.init_candidates(_grid(puzzle)), limit,
+                         np.zeros((0, 81), np.int8), np.zeros(1, np.uint64),
+                         False)
+  return int(found)
 
 
 def solve(puzzle) -> tuple[int, Optional[np.ndarray]]:
@@ -144,11 +147,17 @@ def rate(puzzle, isomorphs: int = DEFAULT_ISOMORPHS,
     ValueError: the puzzle does not have exactly one solution.
   """
   grid = _grid(puzzle)
-  if core.count_solutions(grid, 2) != 1:
+  if count_solutions(grid) != 1:
     raise ValueError("only a puzzle with exactly one solution has a rating")
+  _check_rating_args(isomorphs, seed)
+  return float(core.rate(grid, isomorphs, np.uint64(seed)))
+
+
+def _check_rating_args(isomorphs: int, seed: int) -> None:
   if isomorphs < 1:
     raise ValueError(f"isomorphs must be at least 1, got {isomorphs}")
-  return float(core.rate(grid, isomorphs, np.uint64(seed)))
+  if not 0 <= seed < 2**64:
+    raise ValueError(f"seed must be in [0, 2**64), got {seed}")
 
 
 def tier_of(rating: float) -> str:
@@ -164,6 +173,7 @@ def describe(puzzle, isomorphs: int = DEFAULT_ISOMORPHS,
              seed: int = DEFAULT_SEED) -> dict:
   """What `rate` prints for one puzzle: solutions, rating, tier, solution."""
   grid = _grid(puzzle)
+  _check_rating_args(isomorphs, seed)
   found, solution = solve(grid)
   rating = None
   if found == 1:
@@ -315,8 +325,10 @@ def add_commands(subparsers) -> None:
 
 def _rate_command(args) -> int:
   try:
-    if args.isomorphs < 1:
-      raise errors.ConfigError("--isomorphs must be at least 1")
+    try:
+      _check_rating_args(args.isomorphs, args.seed)
+    except ValueError as error:
+      raise errors.ConfigError(f"--{error}") from None
     if args.file == "-":
       text = sys.stdin.read()
     else:

@@ -314,15 +314,6 @@ def search(cand, limit, sols, state, randomize):
   return found, first
 
 
-@nb.njit(cache=True)
-def count_solutions(grid, limit):
-  """Number of solutions of `grid`, counting at most `limit`."""
-  sols = np.empty((0, 81), np.int8)
-  state = np.zeros(1, np.uint64)
-  found, _ = search(init_candidates(grid), limit, sols, state, False)
-  return found
-
-
 # ---------------------------------------------------------- rearrangements
 
 

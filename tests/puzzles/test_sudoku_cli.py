@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from attractor_jax.puzzles import __main__ as puzzles_main
 from attractor_jax.puzzles import sudoku
 from attractor_jax.puzzles import sudoku_build
 
@@ -37,15 +38,18 @@ def test_rate_prints_one_json_object_per_puzzle_in_order(tmp_path):
     assert line["rating"] is None and line["solution"] is None
 
 
-def test_rate_rejects_a_malformed_line(tmp_path):
+def test_rate_rejects_bad_input(tmp_path, capsys):
   path = tmp_path / "puzzles.txt"
   path.write_text("." * 81 + "\n" + "1234\n")
-  result = _run("rate", str(path))
-  assert result.returncode == 2
-  assert result.stderr.startswith("error: ") and ":2:" in result.stderr
-  assert result.stdout == ""
-  missing = _run("rate", str(tmp_path / "absent.txt"))
-  assert missing.returncode == 2 and "error: " in missing.stderr
+  for args in (["rate", str(path)],
+               ["rate", str(tmp_path / "absent.txt")],
+               ["rate", str(path), "--isomorphs", "0"],
+               ["rate", str(path), "--seed", "-1"]):
+    assert puzzles_main.main(args) == 2, args
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: "), (args, err)
+  puzzles_main.main(["rate", str(path)])
+  assert ":2:" in capsys.readouterr().err   # the line at fault
 
 
 def test_tier_quotas_add_up():
