@@ -22,11 +22,11 @@ import struct
 from absl import flags
 import numpy as np
 from flax import nnx
-from safetensors import numpy as safetensors_np
 
 from attractor_jax import commands
 from attractor_jax import errors
 from attractor_jax import models
+from attractor_jax.models import config as model_config
 from attractor_jax.models import torch_import
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
@@ -54,7 +54,7 @@ def save(model: nnx.Module, config, output: str) -> str:
   output = os.path.abspath(output)
   os.makedirs(output, exist_ok=True)
   with open(os.path.join(output, "config.json"), "w") as f:
-    json.dump(torch_import.config_to_dict(config), f, indent=2)
+    json.dump(model_config.config_to_dict(config), f, indent=2)
   state = nnx.state(model)
   try:
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -128,7 +128,7 @@ def check_flags(checkpoint, output, public_config, preset) -> None:
   if not _is_safetensors(checkpoint):
     raise errors.ConfigError(
         f"--checkpoint={checkpoint} is not a safetensors file.\nConvert a "
-        "PyTorch .pt/.bin state dict with safetensors.torch.save_file first.")
+        f"PyTorch state dict once with: {torch_import.TORCH_TO_SAFETENSORS}")
   if os.path.exists(output) and not os.path.isdir(output):
     raise errors.ConfigError(
         f"--output={output} is a file.\nPass a new or existing folder.")

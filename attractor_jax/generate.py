@@ -108,7 +108,8 @@ def main(argv):
       # trainer.sample_text reads a top_k of 0 as "no top-k".
       top_k=0 if _TOP_K.value == NO_TOP_K else _TOP_K.value))
   print(trainer.sample_text(state.model, tokenizer, sample, seed=_SEED.value,
-                            cached=_CACHED.value))
+                            cached=_CACHED.value,
+                            trained_context=config.data.seq_len))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import numbers
-from typing import Optional
+from typing import Any, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attractor_jax import errors
 from attractor_jax.nn import attractor_head
@@ -156,3 +160,36 @@ class ModelConfig:
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
+
+
+def config_to_dict(config: Any) -> dict:
+  """A JSON-serialisable dict of a dataclass, ConfigDict, mapping or None.
+
+  Values JSON cannot hold (dtypes, tuples' contents, enums...) become their
+  `str`; tuples become lists.
+  """
+  if config is None:
+    return {}
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+    config = dataclasses.asdict(config)
+  return json.loads(json.dumps(_jsonable(config)))
+
+
+def _jsonable(x: Any) -> Any:
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return _jsonable(dataclasses.asdict(x))
+  if hasattr(x, "to_dict"):
+    return _jsonable(x.to_dict())
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (bool, int, str)) or x is None:
+    return x
+  if isinstance(x, float):
+    return x if math.isfinite(x) else str(x)
+  if isinstance(x, (np.generic, np.ndarray, jax.Array)) and np.ndim(x) == 0:
+    return _jsonable(np.asarray(x).item())
+  return str(x)

@@ -68,7 +68,6 @@ Conventions, and what is done about each:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -648,11 +647,6 @@ def load_into_model(model: nnx.Module, params: Mapping) -> None:
        for path, var in flat_state]))
 
 
-def config_to_dict(config: ModelConfig) -> dict:
-  """A JSON-able dict of `config` (inverse: `config_from_dict`)."""
-  return dataclasses.asdict(config)
-
-
 def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
   values = dict(values)
   if isinstance(values.get("solve"), Mapping):
@@ -662,5 +656,5 @@ def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
 
 __all__ = ["INIT_STRATEGY_SCALES", "PUBLIC_BUFFERS", "PUBLIC_PRESETS",
            "PUBLIC_QK_NORM_EPS", "config_from_dict", "config_from_public",
-           "config_to_dict", "convert_public", "convert_state_dict",
+           "convert_public", "convert_state_dict",
            "load_into_model", "public_scales"]

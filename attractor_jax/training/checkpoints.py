@@ -38,24 +38,21 @@ them (see `checkpoint_integrity`).
 Preemption: `reached_preemption(step)` is orbax's multi-host sync point,
 true on every host at the same step once the job has received a preemption
 notice (when `jax.distributed` was initialised). The trainer saves there,
-waits until the save is durable and exits (see `training/preemption.py`).
+waits until the save is durable and exits (`run_guards.PreemptionWatcher`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import time
 from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from attractor_jax import errors
+from attractor_jax.models.config import config_to_dict
 from attractor_jax.training import checkpoint_integrity as integrity
 
 SET_ASIDE_DIR = "set_aside_checkpoints"
@@ -70,39 +67,6 @@ class ConfigMismatchError(errors.ConfigError):
 
 
 # -------------------------------------------------------------------- config
-
-
-def config_to_dict(config: Any) -> dict:
-  """A JSON-serialisable dict of a dataclass, ConfigDict, mapping or None.
-
-  Values JSON cannot hold (dtypes, tuples' contents, enums...) become their
-  `str`; tuples become lists.
-  """
-  if config is None:
-    return {}
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  elif dataclasses.is_dataclass(config) and not isinstance(config, type):
-    config = dataclasses.asdict(config)
-  return json.loads(json.dumps(_jsonable(config)))
-
-
-def _jsonable(x: Any) -> Any:
-  if dataclasses.is_dataclass(x) and not isinstance(x, type):
-    return _jsonable(dataclasses.asdict(x))
-  if hasattr(x, "to_dict"):
-    return _jsonable(x.to_dict())
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (bool, int, str)) or x is None:
-    return x
-  if isinstance(x, float):
-    return x if math.isfinite(x) else str(x)
-  if isinstance(x, (np.generic, np.ndarray, jax.Array)) and np.ndim(x) == 0:
-    return _jsonable(np.asarray(x).item())
-  return str(x)
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict:
@@ -145,7 +109,8 @@ def check_compatible(saved_config: Any, current_config: Any) -> None:
   if diffs:
     raise ConfigMismatchError(
         f"The checkpoint's config differs from this run's in {len(diffs)} "
-        "field(s):\n  " + "\n  ".join(diffs))
+        "field(s):\n  " + "\n  ".join(diffs) + "\nUse a fresh workdir, or "
+        "make the config match the checkpoint's.")
 
 
 # -------------------------------------------------------------------- state

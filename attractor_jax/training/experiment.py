@@ -28,9 +28,11 @@ import jax
 import ml_collections
 from absl import flags
 from absl import logging
+from flax import nnx
 
 from attractor_jax import data as data_lib
 from attractor_jax import errors
+from attractor_jax import models
 from attractor_jax.configs import lm
 from attractor_jax.data import array_record as array_record_lib
 from attractor_jax.data import tokenizer as tokenizer_lib
@@ -38,6 +40,7 @@ from attractor_jax.models import presets
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.parallel import mesh as mesh_lib
+from attractor_jax.training import checkpoint_integrity
 from attractor_jax.training import checkpoints
 from attractor_jax.training import optimizers
 
@@ -337,6 +340,8 @@ def validate_config(config: ml_collections.ConfigDict,
   _integer(config, "seed", -2**63)
   _integer(config, "data.seq_len", 1)
   _integer(config, "data.vocab_size", 1)
+  _integer(config, "divergence.max_consecutive_bad_steps", 0)
+  _number(config, "divergence.max_loss_factor", low=0)
   model_config = model_config_from(config, config.data.vocab_size)
   _check_optimizer(config)
   _check_mesh(config, num_devices)
@@ -360,7 +365,25 @@ def _check_workdir_model(workdir: str, model_config: ModelConfig) -> None:
     saved_model = model_config_from(saved, saved.data.vocab_size)
   except (errors.UserError, AttributeError, KeyError):
     return      # an older or foreign config.json: the checkpoint decides
-  checkpoints.check_compatible(saved_model, model_config)
+  if saved_model == model_config:
+    return
+  # Settings that leave the parameters as they are (solver tolerance,
+  # dtype of activations, ...) may change on resume: compare the trees.
+  arrays = checkpoint_integrity.structure_differences(
+      _abstract_params(saved_model), _abstract_params(model_config))
+  if arrays:
+    fields = checkpoints.config_differences(saved_model, model_config)
+    raise checkpoints.ConfigMismatchError(
+        f"{workdir} holds a run of another model ({len(arrays)} parameter "
+        f"array(s) differ; config: {'; '.join(fields)}).\nUse a fresh "
+        "--workdir, or make the model config match the run's config.json.")
+
+
+def _abstract_params(model_config: ModelConfig):
+  """The parameters' shapes and dtypes, without allocating them."""
+  abstract = nnx.eval_shape(
+      lambda: models.build_model(model_config, rngs=nnx.Rngs(0)))
+  return nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
 
 
 def _check_optimizer(config) -> None:

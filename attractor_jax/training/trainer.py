@@ -18,7 +18,6 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from flax import nnx
@@ -267,7 +266,8 @@ def _finish(config, workdir, state: TrainState, data) -> dict[str, Any]:
           + evaluation.format_table(rows))
   if state.model.config.kind == "attractor" and config.sample.num_tokens:
     results["sample"] = sample_text(state.model, data.tokenizer, config.sample,
-                                    seed=config.seed)
+                                    seed=config.seed,
+                                    trained_context=config.data.seq_len)
     with open(os.path.join(workdir, "sample.txt"), "w",
               encoding="utf-8") as f:
       f.write(results["sample"])
@@ -276,13 +276,16 @@ def _finish(config, workdir, state: TrainState, data) -> dict[str, Any]:
 
 
 def sample_text(model, tokenizer, sample_config, *, seed: int = 0,
-                cached: bool = True) -> str:
-  """Decodes `sample_config.num_tokens` tokens after the prompt."""
+                cached: bool = True,
+                trained_context: Optional[int] = None) -> str:
+  """Decodes `sample_config.num_tokens` tokens after the prompt (a top_k of
+  0 samples from the whole vocabulary); warns past `trained_context`."""
   prompt = tokenizer.encode(sample_config.prompt) or [tokenizer.eos_id]
   tokens = generation.generate(
       model, jnp.asarray([prompt], jnp.int32), sample_config.num_tokens,
       key=jax.random.PRNGKey(seed), temperature=sample_config.temperature,
-      top_k=sample_config.top_k or None, cached=cached)
+      top_k=sample_config.top_k or None, cached=cached,
+      trained_context=trained_context)
   return tokenizer.decode([int(t) for t in tokens[0]])
 
 

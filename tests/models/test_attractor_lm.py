@@ -149,5 +149,5 @@ def test_bad_tokens_give_clear_errors():
     model(jnp.zeros((1, SEQ), jnp.float32))
   with pytest.raises(ValueError, match="do not match"):
     model(tokens(), targets=tokens()[:, :-1])
-  with pytest.raises(ValueError, match="Unknown model kind"):
+  with pytest.raises(ValueError, match="Unknown model.kind 'rnn'"):
     tiny_config(kind="rnn")

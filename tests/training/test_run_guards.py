@@ -234,3 +234,19 @@ def test_evaluation_falls_back_past_a_truncated_checkpoint(tmp_path):
   assert summary["start_step"] == 2 and summary["step"] == 4
   assert os.listdir(tmp_path / checkpoints.SET_ASIDE_DIR)[0].startswith(
       "4-unreadable-")
+
+
+def test_a_resume_may_change_what_leaves_the_parameters_alone(tmp_path):
+  experiment.save_config(guarded_config(2), str(tmp_path))
+  config = guarded_config(2)
+  config.solve.tol = 1e-2                   # same parameters: accepted
+  config.divergence.max_consecutive_bad_steps = 0
+  experiment.validate_config(config, str(tmp_path))
+  config.model.num_layers = 2               # more arrays: refused
+  with pytest.raises(checkpoints.ConfigMismatchError,
+                     match="num_layers: saved 1, current 2"):
+    experiment.validate_config(config, str(tmp_path))
+  config = guarded_config(2)
+  config.divergence.max_loss_factor = -1.0
+  with pytest.raises(ValueError, match="divergence.max_loss_factor"):
+    experiment.validate_config(config)
