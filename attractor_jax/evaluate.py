@@ -15,6 +15,7 @@ from absl import flags
 
 from attractor_jax import commands
 from attractor_jax import errors
+from attractor_jax.models import registry
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
 from attractor_jax.training import trainer
@@ -53,7 +54,7 @@ def main(argv):
   print(f"step {state.step}: validation loss {result['loss']:.4f}, "
         f"perplexity {result['perplexity']:.2f} over {result['tokens']} "
         "tokens")
-  if state.model.config.kind != "gpt":
+  if registry.supports(state.model.config.kind, registry.DEPTH_SWEEP):
     rows = evaluation.depth_sweep(state.model, batches)
     paths = evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
     print(evaluation.format_table(rows))

@@ -21,6 +21,7 @@ from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax.training import experiment
+from attractor_jax.training import lm_task
 from attractor_jax.training import trainer
 
 NO_TOP_K = -1
@@ -105,9 +106,9 @@ def main(argv):
   sample = ml_collections.ConfigDict(dict(
       prompt=_PROMPT.value, num_tokens=_NUM_TOKENS.value,
       temperature=_TEMPERATURE.value,
-      # trainer.sample_text reads a top_k of 0 as "no top-k".
+      # lm_task.sample_text reads a top_k of 0 as "no top-k".
       top_k=0 if _TOP_K.value == NO_TOP_K else _TOP_K.value))
-  print(trainer.sample_text(state.model, tokenizer, sample, seed=_SEED.value,
+  print(lm_task.sample_text(state.model, tokenizer, sample, seed=_SEED.value,
                             cached=_CACHED.value,
                             trained_context=config.data.seq_len))
 

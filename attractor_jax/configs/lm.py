@@ -69,6 +69,7 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   variant = check_variant(variant)
   tiny = variant == TINY
   config = ml_collections.ConfigDict()
+  config.task = "lm"                  # see attractor_jax/training/tasks.py
   config.model = _placeholders(ModelConfig, skip=("kind",))
   config.model.preset = "attractor-tiny" if tiny else variant
   config.solve = _placeholders(SolveConfig)

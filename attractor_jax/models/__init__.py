@@ -1,34 +1,46 @@
-"""Language models: the Attractor LM and its baselines, built from a config."""
+"""Models: the Attractor LM and its baselines, built from a config.
+
+Every kind is an entry of `attractor_jax.models.registry`, which says what it
+supports; `build_model(config)` builds `config.kind`.
+"""
 
 from __future__ import annotations
 
-import importlib
-
 from flax import nnx
 
+from attractor_jax.models import registry
 from attractor_jax.models.config import MODEL_KINDS
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.models.lm_common import LMOutput
 
-# kind -> (module, class); imported on use so a kind's module loads only
-# when that kind is built.
-_MODEL_CLASSES = {
-    "attractor": ("attractor_jax.models.attractor_lm", "AttractorLM"),
-    "gpt": ("attractor_jax.models.gpt", "GPT"),
-    "looped": ("attractor_jax.models.looped", "Looped"),
-    "deq": ("attractor_jax.models.deq", "DEQ"),
-}
+_LM_ENTRIES = (
+    registry.ModelEntry(
+        "attractor", ModelConfig, "attractor_jax.models.attractor_lm",
+        "AttractorLM",
+        features={registry.DEPTH_SWEEP, registry.CACHED_DECODING,
+                  registry.SOLVER_STATS},
+        sweep_depth=lambda config: config.solve.max_iter),
+    registry.ModelEntry("gpt", ModelConfig, "attractor_jax.models.gpt", "GPT"),
+    # A looped model trains at up to twice its mean depth.
+    registry.ModelEntry(
+        "looped", ModelConfig, "attractor_jax.models.looped", "Looped",
+        features={registry.DEPTH_SWEEP},
+        sweep_depth=lambda config: 2 * config.mean_depth),
+    registry.ModelEntry(
+        "deq", ModelConfig, "attractor_jax.models.deq", "DEQ",
+        features={registry.DEPTH_SWEEP, registry.SOLVER_STATS},
+        sweep_depth=lambda config: config.solve.max_iter),
+)
+for _entry in _LM_ENTRIES:
+  registry.register(_entry)
+assert set(MODEL_KINDS) == {e.kind for e in _LM_ENTRIES}
 
 
 def model_class(kind: str) -> type:
   """The nnx.Module class of a model kind."""
-  if kind not in _MODEL_CLASSES:
-    raise ValueError(f"Unknown model kind {kind!r}; expected one of "
-                     f"{MODEL_KINDS}.")
-  module_name, class_name = _MODEL_CLASSES[kind]
-  return getattr(importlib.import_module(module_name), class_name)
+  return registry.entry(kind).model_class()
 
 
-def build_model(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
   """Instantiates the model that `config.kind` names."""
   return model_class(config.kind)(config, rngs=rngs)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from attractor_jax.models import registry
+
 Batches = Iterable[dict] | Callable[[], Iterable[dict]]
 ROW_KEYS = ("T", "loss", "perplexity", "iterations", "converged_fraction",
             "residual", "head_contribution")
@@ -112,13 +114,6 @@ def evaluate(model, batches: Batches, *, max_iter: Optional[int] = None,
   return result
 
 
-def _default_max_iter(model) -> int:
-  config = model.config
-  if config.kind == "looped":
-    return 2 * config.mean_depth
-  return config.solve.max_iter
-
-
 def depth_sweep(model, batches: Batches,
                 depths: Optional[Sequence[int]] = None) -> list[dict]:
   """Evaluates the model at each test-time depth T.
@@ -140,14 +135,15 @@ def depth_sweep(model, batches: Batches,
   Raises:
     ValueError: a GPT (fixed depth: use `evaluate`), or a one-shot iterator.
   """
-  if model.config.kind == "gpt":
-    raise ValueError("A GPT has a fixed depth, so a depth sweep is "
-                     "meaningless; use evaluate() for its loss.")
+  if not registry.supports(model.config.kind, registry.DEPTH_SWEEP):
+    raise ValueError(f"A {model.config.kind!r} model has a fixed depth, so a "
+                     "depth sweep is meaningless; use evaluate() for its "
+                     "loss.")
   if not callable(batches) and iter(batches) is batches:
     raise ValueError("depth_sweep passes over the batches once per depth; "
                      "pass a list or a callable, not an iterator.")
-  depths = depth_schedule(_default_max_iter(model)) if depths is None else (
-      depths)
+  if depths is None:
+    depths = depth_schedule(registry.sweep_depth(model.config))
   rows = []
   for t in depths:
     result = evaluate(model, batches, max_iter=int(t))

@@ -438,7 +438,7 @@ def _check_mesh(config, num_devices: Optional[int]) -> None:
 
 def _check_sample(config) -> None:
   """config.sample, the sample printed after training: num_tokens 0 skips
-  it; top_k 0 samples from the whole vocabulary (as trainer.sample_text
+  it; top_k 0 samples from the whole vocabulary (as lm_task.sample_text
   reads it)."""
   sample, seq_len = config.sample, config.data.seq_len
   if not isinstance(sample.prompt, str):

@@ -27,12 +27,11 @@ from attractor_jax import errors
 from attractor_jax import models
 from attractor_jax import parallel
 from attractor_jax.training import checkpoints
-from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
-from attractor_jax.training import generation
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import optimizers
 from attractor_jax.training import run_guards
+from attractor_jax.training import tasks
 
 
 @dataclasses.dataclass
@@ -82,9 +81,10 @@ def create_train_state(model_config, optimizer_config, seed: int,
   return TrainState(model, optimizer)
 
 
-@functools.partial(nnx.jit, donate_argnums=(0, 1))
-def train_step(model, optimizer, batch, loss_limit=jnp.inf):
-  """One optimizer step on a batch; returns scalar metrics.
+@functools.partial(nnx.jit, donate_argnums=(0, 1), static_argnames=("task",))
+def train_step(model, optimizer, batch, loss_limit=jnp.inf, *,
+               task: tasks.Task):
+  """One optimizer step of `task`'s loss on a batch; returns scalar metrics.
 
   A bad step (see `run_guards.step_health`: non-finite loss or gradients, a
   forward solve that failed, a loss past `loss_limit`) changes neither the
@@ -92,19 +92,15 @@ def train_step(model, optimizer, batch, loss_limit=jnp.inf):
   the optimizer's `apply_if_finite` skips and counts. `health/<check>` says
   which check failed; `bad_steps_in_a_row` counts the current run of them.
   """
-
-  def loss_fn(model):
-    out = model(batch["inputs"], targets=batch["targets"],
-                positions=batch["positions"], segment_ids=batch["segment_ids"])
-    return out.loss, out
-
-  (loss, out), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-  health = run_guards.step_health(loss, grads, out.stats, loss_limit)
+  (loss, aux), grads = nnx.value_and_grad(
+      lambda model: task.loss(model, batch), has_aux=True)(model)
+  health = run_guards.step_health(loss, grads, task.solver_stats(aux),
+                                  loss_limit)
   bad = functools.reduce(jnp.logical_or, health.values())
   grad_norm = optax.tree.norm(grads)
   grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
   optimizer.update(model, grads)
-  scalars = metrics_lib.lm_scalars(out)
+  scalars = task.step_scalars(aux)
   scalars.update({f"health/{k}": v for k, v in health.items()})
   scalars.update(
       grad_norm=grad_norm,
@@ -161,8 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _train_and_evaluate(config, workdir, stop_at_step):
-  data = experiment.prepare_data(config, workdir)
-  model_config = experiment.model_config_from(config, data.tokenizer.vocab_size)
+  task = tasks.get_task(config)
+  data = task.prepare_data(config, workdir)
+  model_config = task.model_config(config, data)
   mesh = parallel.make_mesh(**config.mesh.to_dict())
   optimizer_config = _optimizer_config(config)
   learning_rate = optimizers.lr_schedule(optimizer_config)
@@ -176,9 +173,9 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   last_step = min(config.total_steps, stop_at_step or config.total_steps)
   loss_limit = run_guards.loss_limit(config, model_config.vocab_size)
   writer = metrics_lib.MetricWriter(workdir, resume_step=step)
-  tokens_per_step = config.batch_size * config.data.seq_len
+  unit, items_per_step = task.items_per_step(config)
   progress = metrics_lib.ProgressLine(config.total_steps,
-                                      tokens_per_step=tokens_per_step)
+                                      tokens_per_step=items_per_step)
   summary: dict[str, Any] = {"start_step": step, "preempted": False}
   scalars = {}
   logged_step, logged_time = step, time.perf_counter()
@@ -186,7 +183,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   try:
     while step < last_step:
       batch = parallel.shard_batch(next(train_iterator), mesh)
-      scalars = train_step(state.model, state.optimizer, batch, loss_limit)
+      scalars = train_step(state.model, state.optimizer, batch, loss_limit,
+                           task=task)
       step += 1
       bad_in_a_row = int(scalars["bad_steps_in_a_row"])
       if not config_saved:
@@ -200,8 +198,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
         scalars["lr"] = float(learning_rate(step - 1))
         scalars.update(metrics_lib.gate_means(state.model))
         now = time.perf_counter()
-        scalars["tokens_per_s"] = (tokens_per_step * (step - logged_step)
-                                   / max(now - logged_time, 1e-9))
+        scalars[f"{unit}_per_s"] = (items_per_step * (step - logged_step)
+                                    / max(now - logged_time, 1e-9))
         logged_step, logged_time = step, now
         writer.write_scalars(step, scalars)
         progress.print(step, scalars)
@@ -213,7 +211,7 @@ def _train_and_evaluate(config, workdir, stop_at_step):
       if not bad_in_a_row:
         checkpointer.confirm()    # the checkpoint before this step is good
       if step % config.eval_every == 0 or step == last_step:
-        val = evaluation.evaluate(state.model, data.validation)
+        val = task.evaluate(state.model, data)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
         summary["validation"] = val
       preempted = preemption.should_stop(step)
@@ -236,7 +234,7 @@ def _train_and_evaluate(config, workdir, stop_at_step):
     writer.close()
   summary.update(step=step, train={k: float(v) for k, v in scalars.items()})
   if step == config.total_steps and step > summary["start_step"]:
-    summary.update(_finish(config, workdir, state, data))
+    summary.update(task.finish(config, workdir, state.model, data))
   return summary
 
 
@@ -252,41 +250,6 @@ def _report_bad_step(config, step, bad_in_a_row, scalars) -> Optional[str]:
           f"{float(scalars['loss']):.4g}).", flush=True)
   limit = config.divergence.max_consecutive_bad_steps
   return reasons if limit and bad_in_a_row >= limit else None
-
-
-def _finish(config, workdir, state: TrainState, data) -> dict[str, Any]:
-  """Depth sweep and a sample from the trained model."""
-  results = {}
-  if config.depth_sweep and state.model.config.kind in ("attractor", "deq",
-                                                        "looped"):
-    rows = evaluation.depth_sweep(state.model, data.validation)
-    evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
-    results["depth_sweep"] = rows
-    print("\nTest-time depth sweep (T = 0 decodes the proposal c):\n"
-          + evaluation.format_table(rows))
-  if state.model.config.kind == "attractor" and config.sample.num_tokens:
-    results["sample"] = sample_text(state.model, data.tokenizer, config.sample,
-                                    seed=config.seed,
-                                    trained_context=config.data.seq_len)
-    with open(os.path.join(workdir, "sample.txt"), "w",
-              encoding="utf-8") as f:
-      f.write(results["sample"])
-    print(f"\nSample:\n{results['sample']}\n")
-  return results
-
-
-def sample_text(model, tokenizer, sample_config, *, seed: int = 0,
-                cached: bool = True,
-                trained_context: Optional[int] = None) -> str:
-  """Decodes `sample_config.num_tokens` tokens after the prompt (a top_k of
-  0 samples from the whole vocabulary); warns past `trained_context`."""
-  prompt = tokenizer.encode(sample_config.prompt) or [tokenizer.eos_id]
-  tokens = generation.generate(
-      model, jnp.asarray([prompt], jnp.int32), sample_config.num_tokens,
-      key=jax.random.PRNGKey(seed), temperature=sample_config.temperature,
-      top_k=sample_config.top_k or None, cached=cached,
-      trained_context=trained_context)
-  return tokenizer.decode([int(t) for t in tokens[0]])
 
 
 @dataclasses.dataclass

@@ -1,0 +1,85 @@
+"""Language modelling as a `tasks.Task`: text in, next-token loss out.
+
+Its data are `experiment.LMData` (tokenizer, packed training batches, fixed
+validation batches); after training it sweeps test-time depth and prints a
+sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from attractor_jax.models import registry
+from attractor_jax.training import evaluation
+from attractor_jax.training import experiment
+from attractor_jax.training import generation
+from attractor_jax.training import metrics as metrics_lib
+from attractor_jax.training import tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class LMTask(tasks.Task):
+  """Next-token prediction on packed text (configs/lm.py)."""
+
+  name: str = "lm"
+
+  def prepare_data(self, config, workdir) -> experiment.LMData:
+    return experiment.prepare_data(config, workdir)
+
+  def model_config(self, config, data: experiment.LMData):
+    return experiment.model_config_from(config, data.tokenizer.vocab_size)
+
+  def loss(self, model, batch):
+    out = model(batch["inputs"], targets=batch["targets"],
+                positions=batch["positions"], segment_ids=batch["segment_ids"])
+    return out.loss, out
+
+  def step_scalars(self, aux) -> dict[str, jax.Array]:
+    return metrics_lib.lm_scalars(aux)
+
+  def items_per_step(self, config) -> tuple[str, int]:
+    return "tokens", int(config.batch_size * config.data.seq_len)
+
+  def evaluate(self, model, data: experiment.LMData) -> dict[str, float]:
+    return evaluation.evaluate(model, data.validation)
+
+  def finish(self, config, workdir, model, data) -> dict[str, Any]:
+    """The depth sweep (kinds that have a depth) and a sample (kinds with
+    cached decoding)."""
+    results = {}
+    kind = model.config.kind
+    if config.depth_sweep and registry.supports(kind, registry.DEPTH_SWEEP):
+      rows = evaluation.depth_sweep(model, data.validation)
+      evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
+      results["depth_sweep"] = rows
+      print("\nTest-time depth sweep (T = 0 decodes the proposal c):\n"
+            + evaluation.format_table(rows))
+    if (registry.supports(kind, registry.CACHED_DECODING)
+        and config.sample.num_tokens):
+      results["sample"] = sample_text(model, data.tokenizer, config.sample,
+                                      seed=config.seed,
+                                      trained_context=config.data.seq_len)
+      with open(os.path.join(workdir, "sample.txt"), "w",
+                encoding="utf-8") as f:
+        f.write(results["sample"])
+      print(f"\nSample:\n{results['sample']}\n")
+    return results
+
+
+def sample_text(model, tokenizer, sample_config, *, seed: int = 0,
+                cached: bool = True,
+                trained_context: Optional[int] = None) -> str:
+  """Decodes `sample_config.num_tokens` tokens after the prompt (a top_k of
+  0 samples from the whole vocabulary); warns past `trained_context`."""
+  prompt = tokenizer.encode(sample_config.prompt) or [tokenizer.eos_id]
+  tokens = generation.generate(
+      model, jnp.asarray([prompt], jnp.int32), sample_config.num_tokens,
+      key=jax.random.PRNGKey(seed), temperature=sample_config.temperature,
+      top_k=sample_config.top_k or None, cached=cached,
+      trained_context=trained_context)
+  return tokenizer.decode([int(t) for t in tokens[0]])
