@@ -159,15 +159,23 @@ class Checkpointer:
     """
     self.directory = epath.Path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, save_interval_steps=save_interval_steps,
+        max_to_keep=None,
+        save_interval_steps=0 if read_only else save_interval_steps,
         enable_async_checkpointing=async_save, create=not read_only,
         cleanup_tmp_directories=not read_only, read_only=read_only)
     handlers = {"state": ocp.PyTreeCheckpointHandler(),
                 "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
                 "checksums": ocp.JsonCheckpointHandler()}
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=handlers)
+    # Orbax warns that a read-only directory is read-only; that is the point.
+    verbosity = logging.get_verbosity()
+    if read_only:
+      logging.set_verbosity(logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                           item_handlers=handlers)
+    finally:
+      logging.set_verbosity(verbosity)
     self._max_to_keep = max_to_keep
     self._unconfirmed: list[int] = []
 
