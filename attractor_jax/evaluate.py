@@ -29,10 +29,7 @@ _BATCHES = flags.DEFINE_integer("eval_batches", None,
 
 def check_flags(step, eval_batches) -> None:
   """Raises ConfigError for a negative --step or --eval_batches below 1."""
-  if step is not None and step < 0:
-    raise errors.ConfigError(
-        f"--step={step} is negative.\nPass the step of a saved checkpoint, "
-        "or leave --step out for the latest.")
+  experiment.check_step_flag(step)
   if eval_batches is not None and eval_batches < 1:
     raise errors.ConfigError(
         f"--eval_batches={eval_batches} evaluates nothing.\nPass "

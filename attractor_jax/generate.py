@@ -61,10 +61,7 @@ def check_flags(*, prompt: str, num_tokens: int, temperature: float,
     raise errors.ConfigError(
         f"--top_k={top_k} keeps no token to sample from.\nPass --top_k=K "
         "with K >= 1, or --top_k=-1 to sample from the whole vocabulary.")
-  if step is not None and step < 0:
-    raise errors.ConfigError(
-        f"--step={step} is negative.\nPass the step of a saved checkpoint, "
-        "or leave --step out for the latest.")
+  experiment.check_step_flag(step)
 
 
 def check_fits(prompt_tokens: int, num_tokens: int, top_k: int,

@@ -618,6 +618,14 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     f.write(config.to_json(indent=2, sort_keys=True))
 
 
+def check_step_flag(step: Optional[int]) -> None:
+  """Raises ConfigError for a negative --step (of evaluate or generate)."""
+  if step is not None and step < 0:
+    raise errors.ConfigError(
+        f"--step={step} is negative.\nPass the step of a saved checkpoint, "
+        "or leave --step out for the latest.")
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The training config a run saved in its workdir."""
   path = os.path.join(workdir, CONFIG_NAME)
