@@ -9,8 +9,8 @@ The work is cut into numbered units, each a function of (seed, index) alone:
 
 Every puzzle gets the official rating (`sudoku.rate` defaults). Units are
 then taken in index order: unit i goes to the train split when i % 6 == 5
-(or when the test split is full), to the test split otherwise, so a cluster
-never straddles the splits. From each cluster, puzzles are kept while their
+and train still has room, or when the test split is full; to the test split
+otherwise. So a cluster never straddles the splits. From each cluster, puzzles are kept while their
 tier has room in the split and the cluster's cap for that tier, if their
 clues differ in at least `min_distance` cells from the cluster's puzzles
 already kept, and if no equivalent puzzle (same `sudoku.canonical`) is in
