@@ -45,8 +45,8 @@ FAMOUS = {
                       ".9.8..5..2....6..4..7....."),
     "Inkala 2012": ("8..........36......7..9.2...5...7.......457.....1...3..."
                     "1....68..85...1..9....4.."),
-    "Platinum Blonde": (".......12........3..23..4....18....5.6..7.8.......9...."
-                        ".85.....9...4.5..47...6..."),
+    "Platinum Blonde": (".......12........3..23..4....18....5.6..7.8......."
+                        "9.....85.....9...4.5..47...6..."),
 }
 
 # Difficulty tiers: lower bounds of the rating (DEFAULT_ISOMORPHS,
@@ -117,7 +117,7 @@ def solve(puzzle) -> tuple[int, Optional[np.ndarray]]:
 
 
 def is_solution(solution, puzzle=None) -> bool:
-  """Whether `solution` is a full valid grid (agreeing with `puzzle`'s clues)."""
+  """Whether `solution` is a full valid grid (agreeing with `puzzle`)."""
   grid = _grid(solution)
   if (grid == 0).any():
     return False

@@ -1,4 +1,4 @@
-"""Builds the Sudoku-Extreme CSVs: `python -m attractor_jax.puzzles build-sudoku`.
+"""Builds the Sudoku-Extreme CSVs (the `build-sudoku` command).
 
 The work is cut into numbered units, each a function of (seed, index) alone:
 
@@ -10,12 +10,13 @@ The work is cut into numbered units, each a function of (seed, index) alone:
 Every puzzle gets the official rating (`sudoku.rate` defaults). Units are
 then taken in index order: unit i goes to the train split when i % 6 == 5
 and train still has room, or when the test split is full; to the test split
-otherwise. So a cluster never straddles the splits. From each cluster, puzzles are kept while their
-tier has room in the split and the cluster's cap for that tier, if their
-clues differ in at least `min_distance` cells from the cluster's puzzles
-already kept, and if no equivalent puzzle (same `sudoku.canonical`) is in
-either split. The build stops when every tier of both splits is full, so the
-result depends on the arguments only, never on --workers or timing.
+otherwise. So a cluster never straddles the splits. From each cluster,
+puzzles are kept while their tier has room in the split and the cluster's
+cap for that tier, if their clues differ in at least `min_distance` cells
+from the cluster's puzzles already kept, and if no equivalent puzzle (same
+`sudoku.canonical`) is in either split. The build stops when every tier of
+both splits is full, so the result depends on the arguments only, never on
+--workers or timing.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _official(puzzle) -> float:
 
 
 def run_unit(seed: int, index: int, effort: Effort) -> list[tuple]:
-  """Clusters of unit `index`: [(puzzles [k, 81], solution [81], ratings [k])]."""
+  """Clusters of unit `index`: [(puzzles [k, 81], solution, ratings [k])]."""
   size = effort.steps + 1
   puzzles = np.zeros((size, 81), np.int8)
   ratings = np.zeros(size)

@@ -1,4 +1,4 @@
-"""Compiled (numba) kernels for 9x9 Sudoku: solver, rater, generator, canonical form.
+"""Compiled (numba) Sudoku kernels: solver, rater, generator, canonical form.
 
 Grids are int arrays of 81 cells in row-major order, 0 for a blank and 1..9
 for a digit. Inside the solver a cell is a bit mask: bits 0..8 are the

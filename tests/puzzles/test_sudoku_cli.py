@@ -1,4 +1,4 @@
-"""The `rate` and `build-sudoku` commands of `python -m attractor_jax.puzzles`."""
+"""The `rate` and `build-sudoku` commands (python -m attractor_jax.puzzles)."""
 
 import dataclasses
 import json

@@ -147,7 +147,8 @@ def test_canonical_form_is_shared_by_rearrangements_only():
     assert sudoku.canonical(form) == form   # a canonical form is its own
     # The identity is one of the rearrangements searched.
     relabel = {}
-    own = "".join("0" if d == 0 else str(relabel.setdefault(d, len(relabel) + 1))
+    own = "".join("0" if d == 0
+                  else str(relabel.setdefault(d, len(relabel) + 1))
                   for d in puzzle)
     assert form <= own
     forms.add(form)
