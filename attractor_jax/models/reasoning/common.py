@@ -1,4 +1,4 @@
-"""What the puzzle models share: the segment interface, embedding, network, heads.
+"""What the puzzle models share: segment interface, embedding, network, heads.
 
 A puzzle model runs one deep-supervision segment per call:
 
@@ -207,7 +207,7 @@ class RecursiveReasoner(nnx.Module):
 
   def reset_carry(self, carry: ReasonerCarry, reset: jax.Array
                   ) -> ReasonerCarry:
-    """The carry with the examples where bool `reset` `[batch]` is set restarted.
+    """The carry, restarted where bool `reset` `[batch]` is set.
 
     For a training loop that replaces halted puzzles with new ones.
     """

@@ -1,4 +1,4 @@
-"""Configurations of the puzzle models: TRM, the Attractor reasoner, a Transformer.
+"""Configs of the puzzle models: TRM, the Attractor reasoner, a Transformer.
 
 All three share TRM's network (docs/design.md section 1.7): post-norm blocks
 with SwiGLU MLPs, RMSNorm, RoPE (theta 10000) and non-causal attention, an
@@ -231,6 +231,9 @@ REASONER_SOLVE = SolveConfig(solver="anderson", history=5, mixing=1.0,
 class AttractorReasonerConfig(ReasonerConfig):
   """TRM's protocol with the latent recursion solved: z* = net(z* + y + x).
 
+  In bfloat16 the residual does not go much below 2e-3: use a solve.tol of
+  3e-3 or more there.
+
   Attributes:
     h_cycles: solves per segment, each followed by y <- net(y + z*); the
       first h_cycles - 1 without gradient (TRM's H cycles).
@@ -269,7 +272,8 @@ class AttractorReasonerConfig(ReasonerConfig):
                     self)
     if not isinstance(self.solve, SolveConfig):
       raise errors.ConfigError(
-          f"model.solve must be a SolveConfig; got {type(self.solve).__name__}.")
+          "model.solve must be a SolveConfig; got "
+          f"{type(self.solve).__name__}.")
     if not self.jacobian_penalty_weight >= 0:
       raise errors.ConfigError(
           "model.jacobian_penalty_weight must be >= 0; got "
