@@ -10,6 +10,9 @@ A puzzle model runs one deep-supervision segment per call:
 
 The returned carry is not detached, so gradients could run across segments;
 TRM's protocol (and ours) cuts them with `detach` (jax.lax.stop_gradient).
+A loop that swaps halted puzzles for new ones restarts their carry with
+`model.reset_carry(carry, halted)`. Under `nnx.jit`, `train` and `depth` are
+static arguments (Python values that choose what is traced).
 """
 
 from __future__ import annotations
