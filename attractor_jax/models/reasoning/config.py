@@ -19,14 +19,17 @@ from typing import ClassVar, Optional
 import jax.numpy as jnp
 
 from attractor_jax import errors
+from attractor_jax.models import registry
 from attractor_jax.nn import blocks
 from attractor_jax.nn.attractor_head import SolveConfig
 
 # Capabilities a config may declare (the names of `attractor_jax.models`'
 # registry features).
-HALTING = "halting"              # a learned halting logit (q_halt)
-DEPTH_SWEEP = "depth_sweep"      # a test-time depth (`depth=` of __call__)
-SOLVER_STATS = "solver_stats"    # SegmentOutput.stats holds SolverStats
+# The package registry's feature names: a learned halting logit (q_halt), a
+# test-time depth (`depth=` of __call__), SolverStats in SegmentOutput.stats.
+HALTING = registry.HALTING
+DEPTH_SWEEP = registry.DEPTH_SWEEP
+SOLVER_STATS = registry.SOLVER_STATS
 CAPABILITIES = (HALTING, DEPTH_SWEEP, SOLVER_STATS)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,

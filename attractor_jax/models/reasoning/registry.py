@@ -1,4 +1,7 @@
-"""A registry of the puzzle model kinds: config class and model class by name.
+"""The puzzle model kinds: config class and model class by name.
+
+The entries live in the package's registry (`attractor_jax.models.registry`),
+so `models.build_model` and `registry.supports` know the puzzle kinds too.
 
     register("trm")(TRMConfig, TRM)
     config = get_config_class("trm")(dim=64)
@@ -10,12 +13,18 @@ from __future__ import annotations
 from flax import nnx
 
 from attractor_jax import errors
+from attractor_jax.models import registry
+from attractor_jax.models.reasoning import config as config_lib
 
-_ENTRIES: dict[str, tuple[type, type]] = {}
+
+def _sweep_depth(config) -> int:
+  return config.sweep_depth
 
 
 def register(kind: str):
-  """Returns `add(config_cls, model_cls)`, which registers them as `kind`.
+  """Returns `add(config_cls, model_cls)`, which registers them as `kind`
+  in the package's model registry (`attractor_jax.models.registry`), with
+  the config class's capabilities as the entry's features.
 
   The config class must name the same kind (its `KIND`). Registering the
   same pair twice is allowed; another pair under a taken name is an error.
@@ -25,24 +34,29 @@ def register(kind: str):
     if getattr(config_cls, "KIND", None) != kind:
       raise ValueError(f"{config_cls.__name__}.KIND is "
                        f"{getattr(config_cls, 'KIND', None)!r}, not {kind!r}.")
-    if _ENTRIES.get(kind, (config_cls, model_cls)) != (config_cls, model_cls):
-      raise ValueError(f"Reasoning model kind {kind!r} is already registered.")
-    _ENTRIES[kind] = (config_cls, model_cls)
+    depth = registry.DEPTH_SWEEP in config_cls.capabilities
+    registry.register(registry.ModelEntry(
+        kind, config_cls, model_cls.__module__, model_cls.__name__,
+        features=config_cls.capabilities,
+        sweep_depth=_sweep_depth if depth else None))
     return model_cls
 
   return add
 
 
 def kinds() -> tuple[str, ...]:
-  """The registered kinds, in registration order."""
-  return tuple(_ENTRIES)
+  """The registered reasoning kinds, in registration order."""
+  return tuple(kind for kind in registry.kinds()
+               if issubclass(registry.entry(kind).config_class,
+                             config_lib.ReasonerConfig))
 
 
 def _entry(kind: str) -> tuple[type, type]:
-  if kind not in _ENTRIES:
+  if kind not in kinds():
     raise errors.ConfigError(f"Unknown reasoning model kind {kind!r}; "
-                             f"expected one of {', '.join(_ENTRIES)}.")
-  return _ENTRIES[kind]
+                             f"expected one of {', '.join(kinds())}.")
+  found = registry.entry(kind)
+  return found.config_class, found.model_class()
 
 
 def get_config_class(kind: str) -> type:
