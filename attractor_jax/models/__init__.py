@@ -1,7 +1,9 @@
 """Models: the Attractor LM and its baselines, built from a config.
 
 Every kind is an entry of `attractor_jax.models.registry`, which says what it
-supports; `build_model(config)` builds `config.kind`.
+supports and names its config class (`AttractorLMConfig`, `GPTConfig`,
+`LoopedConfig`, `DEQConfig`, subclasses of `ModelConfig`);
+`build_model(config)` builds `config.kind`.
 """
 
 from __future__ import annotations
@@ -9,25 +11,31 @@ from __future__ import annotations
 from flax import nnx
 
 from attractor_jax.models import registry
+from attractor_jax.models.config import AttractorLMConfig
+from attractor_jax.models.config import DEQConfig
+from attractor_jax.models.config import GPTConfig
+from attractor_jax.models.config import LoopedConfig
 from attractor_jax.models.config import MODEL_KINDS
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.models.lm_common import LMOutput
 
 _LM_ENTRIES = (
     registry.ModelEntry(
-        "attractor", ModelConfig, "attractor_jax.models.attractor_lm",
-        "AttractorLM",
+        AttractorLMConfig.KIND, AttractorLMConfig,
+        "attractor_jax.models.attractor_lm", "AttractorLM",
         features={registry.DEPTH_SWEEP, registry.CACHED_DECODING,
                   registry.SOLVER_STATS},
         sweep_depth=lambda config: config.solve.max_iter),
-    registry.ModelEntry("gpt", ModelConfig, "attractor_jax.models.gpt", "GPT"),
+    registry.ModelEntry(GPTConfig.KIND, GPTConfig, "attractor_jax.models.gpt",
+                        "GPT"),
     # A looped model trains at up to twice its mean depth.
     registry.ModelEntry(
-        "looped", ModelConfig, "attractor_jax.models.looped", "Looped",
+        LoopedConfig.KIND, LoopedConfig, "attractor_jax.models.looped",
+        "Looped",
         features={registry.DEPTH_SWEEP},
         sweep_depth=lambda config: 2 * config.mean_depth),
     registry.ModelEntry(
-        "deq", ModelConfig, "attractor_jax.models.deq", "DEQ",
+        DEQConfig.KIND, DEQConfig, "attractor_jax.models.deq", "DEQ",
         features={registry.DEPTH_SWEEP, registry.SOLVER_STATS},
         sweep_depth=lambda config: config.solve.max_iter),
 )

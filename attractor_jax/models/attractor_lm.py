@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax.models import lm_common
-from attractor_jax.models.config import ModelConfig
+from attractor_jax.models.config import AttractorLMConfig
 from attractor_jax.nn import attractor_head
 from attractor_jax.nn import blocks
 from attractor_jax.nn.kv_cache import KVCache
@@ -22,7 +22,8 @@ from attractor_jax.nn.kv_cache import KVCache
 class AttractorLM(nnx.Module):
   """Embedding, causal backbone, attractor head, tied unembedding."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: AttractorLMConfig, *, rngs: nnx.Rngs):
+    lm_common.check_config("AttractorLM", config, AttractorLMConfig)
     self.config = config
     self.embed = lm_common.Embedding(config, rngs=rngs)
     spec = config.block_spec()

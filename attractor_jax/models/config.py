@@ -1,4 +1,20 @@
-"""One configuration dataclass for every language model in the package."""
+"""The configuration dataclasses of the language models: one class per kind.
+
+`ModelConfig` holds the settings every LM kind shares; each kind has its own
+subclass with its kind fixed (`AttractorLMConfig`, `GPTConfig`,
+`LoopedConfig`, `DEQConfig`), registered as the kind's `config_class` in
+`attractor_jax.models.registry`. Every class keeps every field, so a saved
+config (`config_to_dict`) has the same keys whatever its kind, and old
+config.json files and checkpoints load unchanged.
+
+`ModelConfig(kind=...)` still works: it builds the registered class of that
+kind, as do `config_from_dict(values)` (a saved config) and
+`registry.config_for_kind(kind, **fields)`:
+
+    ModelConfig(kind="gpt", dim=128)            # a GPTConfig
+    GPTConfig(dim=128)                          # the same config
+    GPTConfig(kind="looped")                    # errors.ConfigError
+"""
 
 from __future__ import annotations
 
@@ -6,13 +22,14 @@ import dataclasses
 import json
 import math
 import numbers
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attractor_jax import errors
+from attractor_jax.models import registry
 from attractor_jax.nn import attractor_head
 from attractor_jax.nn import blocks
 from attractor_jax.nn import mlp as mlp_lib
@@ -27,8 +44,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
 class ModelConfig:
   """Shapes and settings of an LM; fields a kind does not use are ignored.
 
+  The base class of the kinds' config classes. `ModelConfig(kind=K, ...)`
+  returns an instance of K's registered class (`config_class(K)`), so no
+  config is a bare ModelConfig. The fields of one kind only (head_layers,
+  gate_*, solve, prelude/coda_layers, mean/backprop_depth, ...) stay on the
+  base: a saved config holds every field whatever its kind, and the training
+  config's model overrides (attractor_jax/configs/lm.py) are this class's
+  fields.
+
   Attributes:
-    kind: "attractor", "gpt", "looped" or "deq".
+    kind: "attractor", "gpt", "looped" or "deq"; each subclass takes only
+      its own (`KIND`).
     vocab_size, dim, num_heads, mlp_dim: sizes.
     num_layers: backbone blocks (attractor), all blocks (gpt), core blocks
       (looped, deq).
@@ -52,6 +78,8 @@ class ModelConfig:
       no gradient.
     dtype, param_dtype: "float32" / "bfloat16" activations and parameters.
   """
+
+  KIND: ClassVar[str] = ""
 
   kind: str = "attractor"
   vocab_size: int = 256
@@ -85,6 +113,13 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
 
+  def __new__(cls, *args, **kwargs):
+    """A bare ModelConfig(kind=K, ...) is an instance of K's config class."""
+    if cls is ModelConfig:
+      kind = args[0] if args else kwargs.get("kind", _DEFAULT_KIND)
+      cls = config_class(kind)
+    return super().__new__(cls)
+
   def __post_init__(self):
     """Checks names, sizes and ranges (cheaply: no parameters are built).
 
@@ -100,12 +135,14 @@ class ModelConfig:
         raise errors.ConfigError(
             f"Unknown model.{name} {getattr(self, name)!r}; expected one of "
             f"{', '.join(known)}.")
-    minimum = dict(vocab_size=1, dim=1, num_heads=1, mlp_dim=1,
-                   num_layers=0 if self.kind == "attractor" else 1,
-                   head_layers=1 if self.kind == "attractor" else 0,
-                   prelude_layers=0, coda_layers=0)
-    if self.kind == "looped":
-      minimum.update(mean_depth=1, backprop_depth=1)
+    if self.kind != self.KIND:
+      raise errors.ConfigError(
+          f"{type(self).__name__} is the config of {self.KIND!r} models; got "
+          f"kind={self.kind!r}. Use {config_class(self.kind).__name__}, or "
+          f"ModelConfig(kind={self.kind!r}, ...).")
+    minimum = dict(vocab_size=1, dim=1, num_heads=1, mlp_dim=1, num_layers=1,
+                   head_layers=0, prelude_layers=0, coda_layers=0)
+    minimum.update(self._least_sizes())
     for name, least in minimum.items():
       value = getattr(self, name)
       if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
@@ -129,10 +166,14 @@ class ModelConfig:
     for name, value in positive.items():
       if not value > 0:
         raise errors.ConfigError(f"model.{name} must be > 0; got {value!r}.")
-    if self.kind == "attractor" and not 0 < self.gate_init < self.gate_max:
-      raise errors.ConfigError(
-          f"model.gate_init must lie in (0, gate_max={self.gate_max}); got "
-          f"{self.gate_init}.")
+    self._check_kind()
+
+  def _least_sizes(self) -> dict[str, int]:
+    """The kind's own lower bounds of integer fields (over the shared ones)."""
+    return {}
+
+  def _check_kind(self) -> None:
+    """The kind's own checks, after the shared ones."""
 
   @property
   def jnp_dtype(self):
@@ -159,7 +200,110 @@ class ModelConfig:
     return blocks.BlockSpec(**fields)
 
   def replace(self, **changes) -> "ModelConfig":
+    """A copy with `changes`; a new kind gives that kind's config class."""
+    if "kind" in changes and changes["kind"] != self.kind:
+      fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+      return ModelConfig(**dict(fields, **changes))
     return dataclasses.replace(self, **changes)
+
+
+_DEFAULT_KIND = ModelConfig.kind      # the field's default, "attractor"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttractorLMConfig(ModelConfig):
+  """The Attractor LM (models/attractor_lm.py): backbone + attractor head.
+
+  Uses num_layers (backbone blocks, may be 0), head_layers (>= 1), gate_max,
+  gate_init (in (0, gate_max)), head_out_init_scale and solve, besides the
+  shared fields.
+  """
+
+  KIND: ClassVar[str] = "attractor"
+  kind: str = "attractor"
+
+  def _least_sizes(self) -> dict[str, int]:
+    return dict(num_layers=0, head_layers=1)
+
+  def _check_kind(self) -> None:
+    if not 0 < self.gate_init < self.gate_max:
+      raise errors.ConfigError(
+          f"model.gate_init must lie in (0, gate_max={self.gate_max}); got "
+          f"{self.gate_init}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig(ModelConfig):
+  """The Transformer baseline (models/gpt.py): num_layers causal blocks."""
+
+  KIND: ClassVar[str] = "gpt"
+  kind: str = "gpt"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopedConfig(ModelConfig):
+  """The Parcae-style looped baseline (models/looped.py).
+
+  Uses prelude_layers, num_layers (the looped core), coda_layers, mean_depth
+  and backprop_depth (both >= 1), besides the shared fields.
+  """
+
+  KIND: ClassVar[str] = "looped"
+  kind: str = "looped"
+
+  def _least_sizes(self) -> dict[str, int]:
+    return dict(mean_depth=1, backprop_depth=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DEQConfig(ModelConfig):
+  """The DEQ baseline (models/deq.py): num_layers blocks solved with solve.
+
+  Its output head is untied by definition (tie_embeddings is not read).
+  """
+
+  KIND: ClassVar[str] = "deq"
+  kind: str = "deq"
+
+
+def config_class(kind: str) -> type:
+  """The config class registered for an LM kind (a ModelConfig subclass).
+
+  Raises:
+    errors.ConfigError: `kind` is no LM kind (the message lists them).
+  """
+  if isinstance(kind, str) and kind in registry.kinds():
+    found = registry.entry(kind).config_class
+    if isinstance(found, type) and issubclass(found, ModelConfig):
+      return found
+    raise errors.ConfigError(
+        f"Unknown model.kind {kind!r}; expected one of "
+        f"{', '.join(MODEL_KINDS)} ({kind!r} is a model kind with its own "
+        f"config class, {found.__name__}).")
+  raise errors.ConfigError(f"Unknown model.kind {kind!r}; expected one of "
+                           f"{', '.join(MODEL_KINDS)}.")
+
+
+def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
+  """The config of a saved dict (`config_to_dict` of a config, config.json).
+
+  The dict's kind (default "attractor") picks the class; a nested `solve`
+  dict becomes a SolveConfig.
+
+  Raises:
+    errors.ConfigError: an unknown kind or field, or a value the config
+      refuses.
+  """
+  values = dict(values)
+  cls = config_class(values.get("kind", _DEFAULT_KIND))
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise errors.ConfigError(f"Unknown model field(s) {unknown}; "
+                             f"{cls.__name__} has {sorted(known)}.")
+  if isinstance(values.get("solve"), Mapping):
+    values["solve"] = attractor_head.SolveConfig(**values["solve"])
+  return cls(**values)
 
 
 def config_to_dict(config: Any) -> dict:

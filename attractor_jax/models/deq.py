@@ -22,7 +22,7 @@ from flax import nnx
 
 from attractor_jax import solvers
 from attractor_jax.models import lm_common
-from attractor_jax.models.config import ModelConfig
+from attractor_jax.models.config import DEQConfig
 from attractor_jax.nn import blocks
 
 
@@ -36,7 +36,8 @@ def core_map(core, z: jax.Array, e: jax.Array, *, positions=None,
 class DEQ(nnx.Module):
   """Embedding, core blocks solved to an equilibrium, untied unembedding."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: DEQConfig, *, rngs: nnx.Rngs):
+    lm_common.check_config("DEQ", config, DEQConfig)
     if config.norm != "pre":
       raise ValueError("The DEQ core's blocks must be pre-norm.")
     self.config = config

@@ -11,14 +11,15 @@ import jax
 from flax import nnx
 
 from attractor_jax.models import lm_common
-from attractor_jax.models.config import ModelConfig
+from attractor_jax.models.config import GPTConfig
 from attractor_jax.nn import blocks
 
 
 class GPT(nnx.Module):
   """Embedding, `config.num_layers` causal blocks, (tied) unembedding."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+    lm_common.check_config("GPT", config, GPTConfig)
     self.config = config
     self.embed = lm_common.Embedding(config, rngs=rngs)
     spec = config.block_spec()

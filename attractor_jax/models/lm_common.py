@@ -8,10 +8,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from attractor_jax import errors
 from attractor_jax import solvers
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn import initializers
 from attractor_jax.nn import norms
+
+
+def check_config(model_name: str, config: ModelConfig,
+                 config_class: type) -> None:
+  """A model is built from its own kind's config class only.
+
+  Raises:
+    errors.ConfigError: `config` is another kind's (or no ModelConfig).
+  """
+  if not isinstance(config, config_class):
+    raise errors.ConfigError(
+        f"{model_name} is built from a {config_class.__name__} (kind "
+        f"{config_class.KIND!r}); got {type(config).__name__} (kind "
+        f"{getattr(config, 'kind', None)!r}). Build models with "
+        "models.build_model(config), which picks the config's kind.")
 
 
 class LMOutput(NamedTuple):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax.models import lm_common
-from attractor_jax.models.config import ModelConfig
+from attractor_jax.models.config import LoopedConfig
 from attractor_jax.nn import blocks
 from attractor_jax.nn import initializers
 
@@ -34,7 +34,8 @@ class Looped(nnx.Module):
     b: `[dim]`, the input scale of e (init 1).
   """
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: LoopedConfig, *, rngs: nnx.Rngs):
+    lm_common.check_config("Looped", config, LoopedConfig)
     if config.mean_depth < 1 or config.backprop_depth < 1:
       raise ValueError(f"The looped model needs mean_depth >= 1 and "
                        f"backprop_depth >= 1; got {config.mean_depth} and "

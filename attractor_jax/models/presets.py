@@ -33,6 +33,10 @@ import difflib
 from typing import Optional
 
 from attractor_jax import errors
+from attractor_jax.models.config import AttractorLMConfig
+from attractor_jax.models.config import DEQConfig
+from attractor_jax.models.config import GPTConfig
+from attractor_jax.models.config import LoopedConfig
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 
@@ -42,7 +46,8 @@ class Preset:
   """A registry entry.
 
   Attributes:
-    config: the model configuration.
+    config: the model configuration (an instance of its kind's registered
+      config class: AttractorLMConfig, GPTConfig, ...).
     stated_params: the parameter count this preset should have (its nominal
       size; the real count is within a few percent of it).
     public_name: the public code's preset whose shapes and solver settings
@@ -74,31 +79,30 @@ def _solve(max_iter: int, min_iter: int, tol: float, *, mixing: float = 1.0,
 
 def _attractor(shape: dict, backbone: int, head: int, solve: SolveConfig,
                size: float, public_name: Optional[str] = None) -> Preset:
-  return Preset(ModelConfig(kind="attractor", num_layers=backbone,
-                            head_layers=head, solve=solve, **shape), int(size),
+  return Preset(AttractorLMConfig(num_layers=backbone, head_layers=head,
+                                  solve=solve, **shape), int(size),
                 public_name)
 
 
 def _gpt(shape: dict, layers: int, size: float) -> Preset:
-  return Preset(ModelConfig(kind="gpt", num_layers=layers, **shape), int(size))
+  return Preset(GPTConfig(num_layers=layers, **shape), int(size))
 
 
 def _looped(shape: dict, total: int, size: float, *, mean_depth: int = 8,
             backprop_depth: int = 4) -> Preset:
   """Prelude and coda of total // 3 blocks each; the rest is the looped core."""
   outer = total // 3
-  config = ModelConfig(kind="looped", prelude_layers=outer,
-                       num_layers=total - 2 * outer, coda_layers=outer,
-                       mean_depth=mean_depth, backprop_depth=backprop_depth,
-                       **shape)
+  config = LoopedConfig(prelude_layers=outer, num_layers=total - 2 * outer,
+                        coda_layers=outer, mean_depth=mean_depth,
+                        backprop_depth=backprop_depth, **shape)
   return Preset(config, int(size))
 
 
 def _deq(shape: dict, layers: int, solve: SolveConfig, size: float) -> Preset:
   """A DEQ's output head is untied by definition (see models/deq.py)."""
   shape = dict(shape, tie_embeddings=False)
-  return Preset(ModelConfig(kind="deq", num_layers=layers, solve=solve,
-                            **shape), int(size))
+  return Preset(DEQConfig(num_layers=layers, solve=solve, **shape),
+                int(size))
 
 
 PRESETS: dict[str, Preset] = {
@@ -158,7 +162,8 @@ def _lookup(name: str) -> Preset:
 
 
 def get_preset(name: str) -> ModelConfig:
-  """The ModelConfig of a named preset (case-insensitive).
+  """The config of a named preset (case-insensitive), an instance of its
+  kind's registered config class (a ModelConfig subclass).
 
   Raises:
     errors.ConfigError (a ValueError): for an unknown name (with the known

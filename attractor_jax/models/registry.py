@@ -4,13 +4,15 @@ Code outside the models asks the registry (`supports(kind, feature)`,
 `sweep_depth(config)`) instead of testing kind names, so a new kind is one
 `register` call away:
 
-    register(ModelEntry("attractor", ModelConfig,
+    register(ModelEntry("attractor", AttractorLMConfig,
                         "attractor_jax.models.attractor_lm", "AttractorLM",
                         features={DEPTH_SWEEP, CACHED_DECODING, SOLVER_STATS},
                         sweep_depth=lambda config: config.solve.max_iter))
 
-Modules are imported on first use, so building one kind does not import the
-others.
+Each kind has its own config class, whose `KIND` is the kind's name (one
+name per model, one class per name); `config_for_kind(kind, **fields)` builds
+it. Modules are imported on first use, so building one kind does not import
+the others.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class ModelEntry:
 
   Attributes:
     kind: the name configs use (`config.kind`).
-    config_class: the dataclass of its settings.
+    config_class: the dataclass of its settings; its `KIND` (if set) is
+      `kind`.
     module, class_name: where its nnx.Module lives.
     features: a subset of `FEATURES`.
     sweep_depth: the largest test-time depth of a config (its training
@@ -57,6 +60,11 @@ class ModelEntry:
     if (DEPTH_SWEEP in self.features) != (self.sweep_depth is not None):
       raise ValueError(f"Model kind {self.kind!r}: a depth sweep needs "
                        "sweep_depth, and sweep_depth needs DEPTH_SWEEP.")
+    declared = getattr(self.config_class, "KIND", None)
+    if declared and declared != self.kind:
+      raise ValueError(f"Model kind {self.kind!r}: its config class "
+                       f"{self.config_class.__name__} is for kind "
+                       f"{declared!r}.")
     object.__setattr__(self, "features", frozenset(self.features))
 
   def model_class(self) -> type:
@@ -88,6 +96,15 @@ def entry(kind: str) -> ModelEntry:
     raise errors.ConfigError(f"Unknown model kind {kind!r}; expected one of "
                              f"{', '.join(_ENTRIES)}.")
   return _ENTRIES[kind]
+
+
+def config_for_kind(kind: str, **fields):
+  """The config of a model kind: its registered config class with `fields`.
+
+  Raises:
+    errors.ConfigError: an unknown kind, or a value the config refuses.
+  """
+  return entry(kind).config_class(kind=kind, **fields)
 
 
 def supports(kind: str, feature: str) -> bool:

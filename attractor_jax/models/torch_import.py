@@ -81,6 +81,8 @@ from safetensors import numpy as safetensors_np
 
 from attractor_jax.models import presets
 from attractor_jax.models.config import DTYPES
+from attractor_jax.models.config import AttractorLMConfig
+from attractor_jax.models.config import config_from_dict
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn import attractor_head
 
@@ -304,7 +306,7 @@ def public_scales(public_cfg: Mapping[str, Any], *,
 
 
 def config_from_public(public_cfg: Mapping[str, Any], **overrides
-                       ) -> ModelConfig:
+                       ) -> AttractorLMConfig:
   """Our ModelConfig for a public AttractorConfig (its field names).
 
   Training-only fields (lr scales, init strategy, ...) are ignored; settings
@@ -398,7 +400,7 @@ def config_from_public(public_cfg: Mapping[str, Any], **overrides
   if "qk_norm_eps" not in overrides:
     dtype = DTYPES[fields.get("dtype", "float32")]
     fields["qk_norm_eps"] = float(jnp.finfo(dtype).eps)
-  return ModelConfig(**fields)
+  return AttractorLMConfig(**fields)
 
 
 # ------------------------------------------------------------ state dict
@@ -645,13 +647,6 @@ def load_into_model(model: nnx.Module, params: Mapping) -> None:
   nnx.update(model, nnx.from_flat_state(
       [(path, var.replace(jnp.asarray(given[path], var.dtype)))
        for path, var in flat_state]))
-
-
-def config_from_dict(values: Mapping[str, Any]) -> ModelConfig:
-  values = dict(values)
-  if isinstance(values.get("solve"), Mapping):
-    values["solve"] = attractor_head.SolveConfig(**values["solve"])
-  return ModelConfig(**values)
 
 
 __all__ = ["INIT_STRATEGY_SCALES", "PUBLIC_BUFFERS", "PUBLIC_PRESETS",
