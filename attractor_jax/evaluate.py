@@ -1,23 +1,25 @@
 """Evaluates a trained run: `python -m attractor_jax.evaluate --workdir=DIR`.
 
-Validation loss and perplexity of the latest (or --step) checkpoint, and the
-test-time depth sweep T = 0, 1, 2, 4, ..., max_iter written to DIR/eval/
-(depth_sweep.txt, .json and .png). T = 0 decodes the backbone's proposal c.
+The run's task decides what is measured on the latest (or --step) checkpoint.
+Language models: validation loss and perplexity, and the test-time depth
+sweep T = 0, 1, 2, 4, ..., max_iter written to DIR/eval/ (depth_sweep.txt,
+.json and .png; T = 0 decodes the backbone's proposal c). Puzzles: the whole
+test set, every puzzle run for the maximum number of segments, exact-puzzle
+accuracy, cell accuracies and the difficulty tiers, written to
+DIR/eval/puzzle_eval.json (docs/puzzle_training.md).
 
 A bad input (not a training workdir, a step with no checkpoint, a corpus that
 moved) prints `error: ...` and what to do, exits with status 2 and writes
 nothing (docs/bad_inputs.md).
 """
 
-import os
 
 from absl import flags
 
 from attractor_jax import commands
 from attractor_jax import errors
-from attractor_jax.models import registry
-from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
+from attractor_jax.training import tasks
 from attractor_jax.training import trainer
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
@@ -41,21 +43,11 @@ def main(argv):
   workdir = _WORKDIR.value
   check_flags(_STEP.value, _BATCHES.value)
   config = experiment.load_config(workdir)
-  experiment.validate_data(config, workdir)   # the corpus is still there
+  task = tasks.get_task(config)
   experiment.check_checkpoint_exists(workdir, _STEP.value)
-  state, tokenizer, config = trainer.load_trained(workdir, _STEP.value)
-  if _BATCHES.value is not None:
-    config.eval_batches = _BATCHES.value
-  batches = experiment.prepare_validation(config, workdir, tokenizer)
-  result = evaluation.evaluate(state.model, batches)
-  print(f"step {state.step}: validation loss {result['loss']:.4f}, "
-        f"perplexity {result['perplexity']:.2f} over {result['tokens']} "
-        "tokens")
-  if registry.supports(state.model.config.kind, registry.DEPTH_SWEEP):
-    rows = evaluation.depth_sweep(state.model, batches)
-    paths = evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
-    print(evaluation.format_table(rows))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+  trained, assets, config = trainer.load_trained(workdir, _STEP.value)
+  task.evaluate_workdir(config, workdir, trained, assets,
+                        eval_batches=_BATCHES.value)
 
 
 if __name__ == "__main__":

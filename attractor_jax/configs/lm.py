@@ -31,7 +31,7 @@ from attractor_jax.nn.attractor_head import SolveConfig
 TINY = "tiny"
 
 
-def _placeholders(cls, skip=()) -> ml_collections.ConfigDict:
+def placeholders(cls, skip=()) -> ml_collections.ConfigDict:
   """One None-valued, typed field per dataclass field: overridable, unset."""
   hints = typing.get_type_hints(cls)
   fields = {}
@@ -70,9 +70,9 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   tiny = variant == TINY
   config = ml_collections.ConfigDict()
   config.task = "lm"                  # see attractor_jax/training/tasks.py
-  config.model = _placeholders(ModelConfig, skip=("kind",))
+  config.model = placeholders(ModelConfig, skip=("kind",))
   config.model.preset = "attractor-tiny" if tiny else variant
-  config.solve = _placeholders(SolveConfig)
+  config.solve = placeholders(SolveConfig)
 
   config.data = ml_collections.ConfigDict(dict(
       source="builtin",          # builtin | text | array_record | tfds

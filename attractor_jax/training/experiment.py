@@ -22,7 +22,7 @@ import numbers
 import os
 import pathlib
 import tempfile
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -43,6 +43,7 @@ from attractor_jax.parallel import mesh as mesh_lib
 from attractor_jax.training import checkpoint_integrity
 from attractor_jax.training import checkpoints
 from attractor_jax.training import optimizers
+from attractor_jax.training import tasks
 
 CONFIG_NAME = "config.json"
 DATA_SOURCES = ("builtin", "text", "array_record", "tfds")
@@ -247,7 +248,8 @@ def check_split_sizes(config, train_docs: Optional[list],
 # ---------------------------------------------------------------- validation
 
 
-def _integer(config, name: str, least: int) -> int:
+def check_integer(config, name: str, least: int) -> int:
+  """config.<name> (dotted) as an int >= least, or a ConfigError."""
   value = _get(config, name)
   if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
       or value < least):
@@ -257,9 +259,10 @@ def _integer(config, name: str, least: int) -> int:
   return int(value)
 
 
-def _number(config, name: str, low: float = -math.inf,
-            high: float = math.inf, *,
-            low_open: bool = False, high_open: bool = False) -> float:
+def check_number(config, name: str, low: float = -math.inf,
+                 high: float = math.inf, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+  """config.<name> (dotted) as a number in the range, or a ConfigError."""
   value = _get(config, name)
   ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
   if ok:
@@ -308,8 +311,21 @@ def _check_fields(config) -> None:
 
 def validate_config(config: ml_collections.ConfigDict,
                     workdir: Optional[str] = None, *,
-                    num_devices: Optional[int] = None) -> ModelConfig:
-  """Checks a whole training config before anything is read or written.
+                    num_devices: Optional[int] = None):
+  """Checks a whole training config of any task before anything is read or
+  written (the task's `validate_config`); returns the model config.
+
+  Raises:
+    errors.ConfigError: an unknown task, or what the task refuses.
+  """
+  return tasks.get_task(config).validate_config(
+      config, workdir, num_devices=num_devices)
+
+
+def validate_lm_config(config: ml_collections.ConfigDict,
+                       workdir: Optional[str] = None, *,
+                       num_devices: Optional[int] = None) -> ModelConfig:
+  """Checks a whole LM training config before anything is read or written.
 
   Everything that needs no trained tokenizer: the config's fields (none
   missing, none unknown), the model (preset, fields, names, sizes) and its
@@ -318,7 +334,7 @@ def validate_config(config: ml_collections.ConfigDict,
   tokenizer against data.vocab_size, the optimizer and its schedule, the mesh
   against the devices and the batch against the mesh, the sample settings,
   and the model against the one a run already wrote into the workdir.
-  `train_and_evaluate` calls it first.
+  `train_and_evaluate` calls it (through `validate_config`) first.
 
   Args:
     config: a config of attractor_jax/configs/lm.py.
@@ -336,24 +352,35 @@ def validate_config(config: ml_collections.ConfigDict,
   _check_fields(config)
   for name in ("batch_size", "total_steps", "log_every", "eval_every",
                "eval_batches", "checkpoint_every", "keep_checkpoints"):
-    _integer(config, name, 1)
-  _integer(config, "seed", -2**63)
-  _integer(config, "data.seq_len", 1)
-  _integer(config, "data.vocab_size", 1)
-  _integer(config, "divergence.max_consecutive_bad_steps", 0)
-  _number(config, "divergence.max_loss_factor", low=0)
+    check_integer(config, name, 1)
+  check_integer(config, "seed", -2**63)
+  check_integer(config, "data.seq_len", 1)
+  check_integer(config, "data.vocab_size", 1)
+  check_integer(config, "divergence.max_consecutive_bad_steps", 0)
+  check_number(config, "divergence.max_loss_factor", low=0)
   model_config = model_config_from(config, config.data.vocab_size)
-  _check_optimizer(config)
-  _check_mesh(config, num_devices)
+  check_optimizer(config)
+  check_mesh(config, num_devices)
   _check_sample(config)
   validate_data(config, workdir)
   if workdir is not None:
-    _check_workdir_model(workdir, model_config)
+    check_workdir_model(workdir, model_config)
   return model_config
 
 
-def _check_workdir_model(workdir: str, model_config: ModelConfig) -> None:
+def _lm_model_config(saved: ml_collections.ConfigDict) -> ModelConfig:
+  return model_config_from(saved, saved.data.vocab_size)
+
+
+def check_workdir_model(workdir: str, model_config,
+                        read_model_config: Callable[[Any], Any]
+                        = _lm_model_config) -> None:
   """A workdir that a run already wrote must hold a model of this shape.
+
+  Args:
+    workdir: the run's directory.
+    model_config: the model the new config asks for.
+    read_model_config: the model config of the saved training config.
 
   Raises:
     checkpoints.ConfigMismatchError: naming every differing field.
@@ -362,7 +389,7 @@ def _check_workdir_model(workdir: str, model_config: ModelConfig) -> None:
     return
   saved = load_config(workdir)
   try:
-    saved_model = model_config_from(saved, saved.data.vocab_size)
+    saved_model = read_model_config(saved)
   except (errors.UserError, AttributeError, KeyError):
     return      # an older or foreign config.json: the checkpoint decides
   if saved_model == model_config:
@@ -379,14 +406,14 @@ def _check_workdir_model(workdir: str, model_config: ModelConfig) -> None:
         "--workdir, or make the model config match the run's config.json.")
 
 
-def _abstract_params(model_config: ModelConfig):
+def _abstract_params(model_config):
   """The parameters' shapes and dtypes, without allocating them."""
   abstract = nnx.eval_shape(
       lambda: models.build_model(model_config, rngs=nnx.Rngs(0)))
   return nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
 
 
-def _check_optimizer(config) -> None:
+def check_optimizer(config) -> None:
   """The optimizer's name, schedule, fields and ranges."""
   hint = ("\nFix --config.optimizer.* (the fields of OptimizerConfig in "
           "attractor_jax/training/optimizers.py).")
@@ -400,11 +427,11 @@ def _check_optimizer(config) -> None:
                 weight_decay=dict(low=0), fp_lr_scale=dict(low=0))
   for name, bounds in ranges.items():
     if name in config.optimizer:
-      _number(config, "optimizer." + name, **bounds)
+      check_number(config, "optimizer." + name, **bounds)
   if "warmup_steps" in config.optimizer:
-    _integer(config, "optimizer.warmup_steps", 0)
+    check_integer(config, "optimizer.warmup_steps", 0)
   if config.optimizer.get("clip_norm") is not None:
-    _number(config, "optimizer.clip_norm", low=0)
+    check_number(config, "optimizer.clip_norm", low=0)
   try:
     optimizers.lr_schedule(optimizer_config)
     optimizers.make_optimizer(optimizer_config)
@@ -412,7 +439,8 @@ def _check_optimizer(config) -> None:
     raise errors.ConfigError(f"optimizer: {error}{hint}") from error
 
 
-def _check_mesh(config, num_devices: Optional[int]) -> None:
+def check_mesh(config, num_devices: Optional[int]) -> None:
+  """The mesh against the devices, and the batch against the mesh."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   sizes = tuple(config.mesh.get(axis) for axis in mesh_lib.MESH_AXES)
   if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
@@ -444,14 +472,14 @@ def _check_sample(config) -> None:
   if not isinstance(sample.prompt, str):
     raise errors.ConfigError(
         f"config.sample.prompt must be a string; got {sample.prompt!r}.")
-  _integer(config, "sample.num_tokens", 0)
+  check_integer(config, "sample.num_tokens", 0)
   if sample.num_tokens >= seq_len:
     raise errors.ConfigError(
         f"config.sample.num_tokens {sample.num_tokens} leaves no room for the "
         f"prompt in the context of data.seq_len {seq_len} tokens.\nPass "
         f"--config.sample.num_tokens={seq_len - 1} or less.")
-  _number(config, "sample.temperature", 0)
-  _integer(config, "sample.top_k", 0)
+  check_number(config, "sample.temperature", 0)
+  check_integer(config, "sample.top_k", 0)
 
 
 def _check_data_path(data_config) -> None:
@@ -479,7 +507,7 @@ def validate_data(config: ml_collections.ConfigDict,
     raise errors.ConfigError(
         f"Unknown data source {data_config.source!r}.\nPass "
         f"--config.data.source= one of {', '.join(DATA_SOURCES)}.")
-  _number(config, "data.validation_fraction", 0, 1, low_open=True,
+  check_number(config, "data.validation_fraction", 0, 1, low_open=True,
           high_open=True)
   if workdir is not None and os.path.exists(workdir) and not os.path.isdir(
       workdir):

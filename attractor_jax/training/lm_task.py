@@ -14,6 +14,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from attractor_jax import data as data_lib
 from attractor_jax.models import registry
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
@@ -27,6 +28,10 @@ class LMTask(tasks.Task):
   """Next-token prediction on packed text (configs/lm.py)."""
 
   name: str = "lm"
+
+  def validate_config(self, config, workdir=None, *, num_devices=None):
+    return experiment.validate_lm_config(config, workdir,
+                                         num_devices=num_devices)
 
   def prepare_data(self, config, workdir) -> experiment.LMData:
     return experiment.prepare_data(config, workdir)
@@ -68,6 +73,35 @@ class LMTask(tasks.Task):
                 encoding="utf-8") as f:
         f.write(results["sample"])
       print(f"\nSample:\n{results['sample']}\n")
+    return results
+
+
+  def inference_setup(self, config, workdir):
+    tokenizer = data_lib.load_tokenizer(
+        os.path.join(workdir, "tokenizer.model"))
+    return (experiment.model_config_from(config, tokenizer.vocab_size),
+            tokenizer)
+
+  def evaluate_workdir(self, config, workdir, trained, assets, *,
+                       eval_batches=None) -> dict[str, Any]:
+    """Validation loss and perplexity, and the depth sweep (kinds that have
+    a depth) written to workdir/eval/."""
+    experiment.validate_data(config, workdir)   # the corpus is still there
+    if eval_batches is not None:
+      config.eval_batches = eval_batches
+    batches = experiment.prepare_validation(config, workdir, assets)
+    result = evaluation.evaluate(trained.model, batches)
+    print(f"step {trained.step}: validation loss {result['loss']:.4f}, "
+          f"perplexity {result['perplexity']:.2f} over {result['tokens']} "
+          "tokens")
+    results = {"validation": result}
+    if registry.supports(trained.model.config.kind, registry.DEPTH_SWEEP):
+      rows = evaluation.depth_sweep(trained.model, batches)
+      paths = evaluation.write_depth_sweep(rows, os.path.join(workdir,
+                                                              "eval"))
+      print(evaluation.format_table(rows))
+      print(f"wrote {', '.join(str(p) for p in paths.values())}")
+      results["depth_sweep"] = rows
     return results
 
 

@@ -242,11 +242,12 @@ class ProgressLine:
   def __init__(self, total_steps: int, *, tokens_per_step: Optional[int] = None,
                keys: Iterable[str] = ("loss",),
                clock: Callable[[], float] = time.monotonic,
-               stream: Optional[TextIO] = None):
+               stream: Optional[TextIO] = None, unit: str = "tok"):
     """Args:
       total_steps: the last step.
       tokens_per_step: if set, tok/s is computed from the step rate; else a
         "tokens_per_s" scalar is shown when given.
+      unit: the short name of what tokens_per_step counts ("tok", "seg").
       keys: scalars to show, in order, when present.
       clock: a seconds counter (injectable for tests).
       stream: where `print` writes (default stdout).
@@ -256,6 +257,7 @@ class ProgressLine:
     self.keys = tuple(keys)
     self.clock = clock
     self.stream = stream
+    self.unit = unit
     self._start: Optional[tuple[int, float]] = None
 
   def steps_per_second(self, step: int, now: float) -> Optional[float]:
@@ -281,7 +283,7 @@ class ProgressLine:
     elif "tokens_per_s" in scalars:
       tokens_per_s = to_float(scalars["tokens_per_s"])
     if tokens_per_s is not None:
-      parts.append(f"{tokens_per_s:.0f} tok/s")
+      parts.append(f"{tokens_per_s:.0f} {self.unit}/s")
     eta = math.inf if rate is None else (self.total_steps - step) / rate
     parts.append(f"ETA {format_duration(eta)}")
     return " | ".join(parts)

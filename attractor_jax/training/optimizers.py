@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,9 @@ class OptimizerConfig:
       a float r: scale updates to RMS r (0.2 matches AdamW, arXiv 2502.16982).
     max_consecutive_nonfinite: after this many consecutive non-finite
       gradients optax's `apply_if_finite` lets one through; None: never.
+    ema_decay: keep an exponential moving average of the parameters with
+      this decay in the optimizer state (`ema_params` reads it; evaluation
+      uses it). None: no average.
   """
 
   name: str = "adamw"
@@ -101,6 +104,7 @@ class OptimizerConfig:
   muon_nesterov: bool = True
   muon_consistent_rms: Optional[float] = None
   max_consecutive_nonfinite: Optional[int] = None
+  ema_decay: Optional[float] = None
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -109,6 +113,9 @@ class OptimizerConfig:
     if self.schedule not in SCHEDULES:
       raise ValueError(f"Unknown schedule {self.schedule!r}; expected one of "
                        f"{SCHEDULES}.")
+    if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+      raise ValueError(f"ema_decay must be in [0, 1) or None; got "
+                       f"{self.ema_decay!r}.")
 
   @classmethod
   def from_config(cls, config: Any) -> "OptimizerConfig":
@@ -298,7 +305,7 @@ def make_optimizer(config: Any, head_keys: Sequence[str] = ("head",)
         "embedding":    AdamW, embed_lr, embed_wd,
         "norm_or_gate": AdamW, no weight decay,
         "head":         AdamW, lr * fp_lr_scale, fp_wd on rank >= 2 only,
-    }, param_labels)))
+    }, param_labels)), parameter_ema(ema_decay) if ema_decay is set)
 
   Works on an `nnx.State` of params (plain optax) and inside
   `nnx.Optimizer(model, tx, wrt=nnx.Param)`. A step whose gradients hold a
@@ -320,6 +327,8 @@ def make_optimizer(config: Any, head_keys: Sequence[str] = ("head",)
       transforms, lambda params: param_labels(params, head_keys))
   if config.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
+  if config.ema_decay is not None:
+    tx = optax.chain(tx, parameter_ema(config.ema_decay))
   max_errors = (_NEVER if config.max_consecutive_nonfinite is None
                 else config.max_consecutive_nonfinite)
   tx = optax.apply_if_finite(tx, max_errors)
@@ -329,7 +338,51 @@ def make_optimizer(config: Any, head_keys: Sequence[str] = ("head",)
       init=lambda params: tx.init(nnx.as_pure(params)), update=tx.update)
 
 
+class ParameterEmaState(NamedTuple):
+  """The moving average of the parameters (the parameters' tree)."""
+
+  ema: Any
+
+
+def parameter_ema(decay: float) -> optax.GradientTransformationExtraArgs:
+  """Tracks ema <- decay * ema + (1 - decay) * (params + updates).
+
+  Passes the updates through unchanged. Inside `apply_if_finite`, a skipped
+  step leaves the average alone. Starts at the initial parameters (as TRM's
+  EMA helper does), in float32 whatever the parameters' dtype.
+  """
+
+  def init(params):
+    # A copy, never the parameter's own buffer (the train step donates both).
+    return ParameterEmaState(jax.tree.map(
+        lambda p: jnp.array(p, jnp.float32, copy=True), params))
+
+  def update(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError("parameter_ema needs the parameters: call "
+                       "tx.update(updates, state, params).")
+    ema = jax.tree.map(
+        lambda e, p, u: decay * e + (1 - decay) * (p + u).astype(jnp.float32),
+        state.ema, params, updates)
+    return updates, ParameterEmaState(ema)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 # ------------------------------------------------------------ state readers
+
+
+def ema_params(opt_state) -> Optional[Any]:
+  """The parameters' moving average in a `make_optimizer` state (arrays in
+  the parameters' tree, float32), or None if it keeps none."""
+  found = [x for x in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, ParameterEmaState))
+           if isinstance(x, ParameterEmaState)]
+  if not found:
+    return None
+  return jax.tree.map(_value, found[0].ema,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def _finite_state(opt_state) -> optax.ApplyIfFiniteState:

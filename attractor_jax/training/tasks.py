@@ -8,12 +8,21 @@ config names its task with `config.task` ("lm" if absent, so configs saved
 before tasks existed still load).
 
     task = tasks.get_task(config)
+    model_config = task.validate_config(config, workdir)   # before writing
     data = task.prepare_data(config, workdir)
     model_config = task.model_config(config, data)
+    state = task.initial_state(config, model_config)       # or None
     loss, aux = task.loss(model, batch)          # inside jit
     scalars = task.step_scalars(aux)             # inside jit
+    state = task.next_state(batch, aux, bad, step)         # inside jit
     validation = task.evaluate(model, data)      # every eval_every steps
     results = task.finish(config, workdir, model, data)
+
+A task that carries arrays from one step to the next (the puzzle task's
+deep-supervision carry) returns them from `initial_state`; the trainer keeps
+them in a `TaskState`, passes them to `loss` inside the batch under
+`STATE_KEY`, stores `next_state`'s result and checkpoints them with the
+model, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -22,16 +31,21 @@ import importlib
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from attractor_jax import errors
 
 DEFAULT_TASK = "lm"
+# The batch key under which `loss` finds the task's carried state.
+STATE_KEY = "task_state"
 
 # name -> (module, class): imported on use, so an LM run does not import the
 # puzzle code and the other way round.
 _TASKS = {
     "lm": ("attractor_jax.training.lm_task", "LMTask"),
+    "puzzle": ("attractor_jax.training.puzzle_task", "PuzzleTask"),
 }
 
 
@@ -41,6 +55,22 @@ class Task:
   a static argument."""
 
   name: str = ""
+  # Scalars the console progress line shows, and its throughput unit.
+  progress_keys = ("loss",)
+  progress_unit = "tok"
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Task":
+    """The task of a training config (its static settings)."""
+    del config
+    return cls()
+
+  def validate_config(self, config: ml_collections.ConfigDict,
+                      workdir: Optional[str] = None, *,
+                      num_devices: Optional[int] = None):
+    """Checks the whole config before anything is read or written; returns
+    the model config. Raises `errors.UserError`s naming field and fix."""
+    raise NotImplementedError
 
   def prepare_data(self, config: ml_collections.ConfigDict,
                    workdir: str) -> Any:
@@ -53,9 +83,23 @@ class Task:
     """The model config of this run (a registered kind's config)."""
     raise NotImplementedError
 
+  def initial_state(self, config: ml_collections.ConfigDict, model_config
+                    ) -> Optional[dict[str, Any]]:
+    """Arrays carried between steps, each `[batch, ...]` (None: none)."""
+    del config, model_config
+    return None
+
   def loss(self, model, batch: dict) -> tuple[jax.Array, Any]:
-    """(scalar loss, aux) of one batch; traced inside the jitted step."""
+    """(scalar loss, aux) of one batch; traced inside the jitted step. With
+    an `initial_state`, batch[STATE_KEY] holds the carried arrays."""
     raise NotImplementedError
+
+  def next_state(self, batch: dict, aux: Any, bad: jax.Array,
+                 step: jax.Array) -> dict[str, Any]:
+    """The carried arrays after a step (inside jit); `bad` is True when the
+    step was skipped, `step` counts steps before this one."""
+    del aux, bad, step
+    return batch[STATE_KEY]
 
   def solver_stats(self, aux: Any):
     """The forward solve's `SolverStats` in `aux`, or None."""
@@ -80,6 +124,44 @@ class Task:
     del config, workdir, model, data
     return {}
 
+  def inference_setup(self, config: ml_collections.ConfigDict, workdir: str
+                      ) -> tuple[Any, Any]:
+    """(model config, assets) to rebuild a trained model from its workdir;
+    assets are what commands need beside the model (the LM's tokenizer)."""
+    raise NotImplementedError
+
+  def evaluate_workdir(self, config: ml_collections.ConfigDict, workdir: str,
+                       trained, assets: Any, *,
+                       eval_batches: Optional[int] = None) -> dict[str, Any]:
+    """`python -m attractor_jax.evaluate`: evaluates a restored model
+    (`trainer.TrainedModel`), prints and writes the results under
+    workdir/eval/, and returns them."""
+    raise NotImplementedError
+
+
+class TaskStateVariable(nnx.Variable):
+  """Arrays a task carries between training steps (not trained)."""
+
+
+class TaskState(nnx.Module):
+  """The mutable holder of a task's carried arrays (see `Task.initial_state`).
+
+  A module, so that `nnx.jit` writes its updates back and checkpoints see it
+  as an `nnx.State`.
+  """
+
+  def __init__(self, arrays: dict[str, Any]):
+    self.names = tuple(sorted(arrays))
+    for name in self.names:
+      setattr(self, name, TaskStateVariable(jnp.asarray(arrays[name])))
+
+  def get(self) -> dict[str, jax.Array]:
+    return {name: getattr(self, name)[...] for name in self.names}
+
+  def set(self, arrays: dict[str, Any]) -> None:
+    for name in self.names:
+      getattr(self, name)[...] = arrays[name]
+
 
 def task_name(config: ml_collections.ConfigDict) -> str:
   return config.get("task", DEFAULT_TASK) or DEFAULT_TASK
@@ -98,4 +180,5 @@ def get_task(config: ml_collections.ConfigDict,
         f"Unknown task {name!r}; expected one of {', '.join(_TASKS)}.\n"
         "Set config.task in the config file.")
   module, class_name = _TASKS[name]
-  return getattr(importlib.import_module(module), class_name)()
+  task_class = getattr(importlib.import_module(module), class_name)
+  return task_class.from_config(config)

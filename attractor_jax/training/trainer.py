@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Optional
 
@@ -22,7 +21,6 @@ import optax
 from absl import logging
 from flax import nnx
 
-from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax import models
 from attractor_jax import parallel
@@ -34,26 +32,47 @@ from attractor_jax.training import run_guards
 from attractor_jax.training import tasks
 
 
+# What a checkpoint keeps of the model: its parameters and the counters of
+# its random streams (the reasoner's Jacobian-penalty probes), so that a
+# resumed run draws the probes an uninterrupted one would. The streams' keys
+# come from the seed and are rebuilt with the model.
+MODEL_STATE = (nnx.Param, nnx.RngCount)
+
+
 @dataclasses.dataclass
 class TrainState:
-  """The model, its optimizer and the step (all mutable NNX objects)."""
+  """The model, its optimizer, the step and the task's carried arrays (all
+  mutable NNX objects)."""
 
   model: nnx.Module
   optimizer: nnx.Optimizer
+  task_state: Optional[tasks.TaskState] = None
+
+  def _targets(self) -> dict:
+    targets = {"model": self.model, "optimizer": self.optimizer}
+    if self.task_state is not None:
+      targets["task"] = self.task_state
+    return targets
 
   def _states(self) -> dict:
-    """The checkpointed nnx.States: model parameters, optimizer state."""
-    return {"model": nnx.state(self.model, nnx.Param),
-            "optimizer": nnx.state(self.optimizer)}
+    """The checkpointed nnx.States: model parameters, optimizer state, and
+    the task's carried arrays if it has any."""
+    states = {"model": nnx.state(self.model, MODEL_STATE),
+              "optimizer": nnx.state(self.optimizer)}
+    if self.task_state is not None:
+      states["task"] = nnx.state(self.task_state)
+    return states
 
   def pure(self) -> dict:
-    """Arrays only, for checkpoints: {"model": ..., "optimizer": ...}."""
+    """Arrays only, for checkpoints: {"model": ..., "optimizer": ...} (and
+    "task")."""
     return {name: nnx.to_pure_dict(state)
             for name, state in self._states().items()}
 
   def load(self, pure: dict) -> None:
-    """Overwrites model and optimizer with `pure()`-shaped arrays."""
-    targets = {"model": self.model, "optimizer": self.optimizer}
+    """Overwrites model, optimizer (and task state) with `pure()`-shaped
+    arrays."""
+    targets = self._targets()
     for name, state in self._states().items():
       nnx.replace_by_pure_dict(state, pure[name])
       nnx.update(targets[name], state)
@@ -62,13 +81,37 @@ class TrainState:
   def step(self) -> int:
     return int(self.optimizer.step[...])
 
+  def evaluation_model(self) -> nnx.Module:
+    """The model to evaluate: a copy holding the parameters' moving average
+    if the optimizer keeps one (`optimizer.ema_decay`), else the model."""
+    return with_ema_params(self.model, self.optimizer)
+
+
+def with_ema_params(model: nnx.Module, optimizer: nnx.Optimizer
+                    ) -> nnx.Module:
+  """A copy of `model` with the optimizer's parameter average, or `model`
+  itself if the optimizer keeps none."""
+  ema = optimizers.ema_params(optimizer.opt_state)
+  if ema is None:
+    return model
+  model = nnx.clone(model)
+  params = nnx.state(model, nnx.Param)
+  dtypes = jax.tree.map(lambda x: x.dtype, nnx.to_pure_dict(params))
+  nnx.replace_by_pure_dict(params, jax.tree.map(
+      lambda e, dtype: e.astype(dtype), nnx.to_pure_dict(ema), dtypes))
+  nnx.update(model, params)
+  return model
+
 
 def create_train_state(model_config, optimizer_config, seed: int,
-                       mesh=None) -> TrainState:
+                       mesh=None, task_arrays: Optional[dict] = None
+                       ) -> TrainState:
   """A freshly initialised model and optimizer, sharded over `mesh` if given.
 
   Parameters and optimizer moments are placed by the logical-axis rules of
-  `attractor_jax.parallel` (each parameter's moments like the parameter).
+  `attractor_jax.parallel` (each parameter's moments like the parameter);
+  a task's carried arrays (`task_arrays`, from `Task.initial_state`) are
+  split over the batch like a batch.
   """
   model = models.build_model(model_config, rngs=nnx.Rngs(seed))
   tx = optimizers.make_optimizer(optimizer_config)
@@ -78,13 +121,22 @@ def create_train_state(model_config, optimizer_config, seed: int,
       state = nnx.state(target)
       nnx.update(target, jax.device_put(
           state, parallel.state_shardings(state, mesh)))
-  return TrainState(model, optimizer)
+  task_state = None
+  if task_arrays is not None:
+    if mesh is not None:
+      task_arrays = parallel.shard_batch(task_arrays, mesh)
+    task_state = tasks.TaskState(task_arrays)
+  return TrainState(model, optimizer, task_state)
 
 
 @functools.partial(nnx.jit, donate_argnums=(0, 1), static_argnames=("task",))
-def train_step(model, optimizer, batch, loss_limit=jnp.inf, *,
-               task: tasks.Task):
+def train_step(model, optimizer, batch, loss_limit=jnp.inf, task_state=None,
+               *, task: tasks.Task):
   """One optimizer step of `task`'s loss on a batch; returns scalar metrics.
+
+  A task that carries arrays between steps gets them in
+  batch[tasks.STATE_KEY] from `task_state` (a `tasks.TaskState`), which is
+  then overwritten with `task.next_state`.
 
   A bad step (see `run_guards.step_health`: non-finite loss or gradients, a
   forward solve that failed, a loss past `loss_limit`) changes neither the
@@ -92,11 +144,16 @@ def train_step(model, optimizer, batch, loss_limit=jnp.inf, *,
   the optimizer's `apply_if_finite` skips and counts. `health/<check>` says
   which check failed; `bad_steps_in_a_row` counts the current run of them.
   """
+  if task_state is not None:
+    batch = dict(batch, **{tasks.STATE_KEY: task_state.get()})
+  step = optimizer.step[...]
   (loss, aux), grads = nnx.value_and_grad(
       lambda model: task.loss(model, batch), has_aux=True)(model)
   health = run_guards.step_health(loss, grads, task.solver_stats(aux),
                                   loss_limit)
   bad = functools.reduce(jnp.logical_or, health.values())
+  if task_state is not None:
+    task_state.set(task.next_state(batch, aux, bad, step))
   grad_norm = optax.tree.norm(grads)
   grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
   optimizer.update(model, grads)
@@ -163,7 +220,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   mesh = parallel.make_mesh(**config.mesh.to_dict())
   optimizer_config = _optimizer_config(config)
   learning_rate = optimizers.lr_schedule(optimizer_config)
-  state = create_train_state(model_config, optimizer_config, config.seed, mesh)
+  state = create_train_state(model_config, optimizer_config, config.seed, mesh,
+                             task.initial_state(config, model_config))
   train_iterator = iter(data.train)
   checkpointer = checkpoints.Checkpointer(
       workdir, max_to_keep=config.keep_checkpoints,
@@ -174,8 +232,9 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   loss_limit = run_guards.loss_limit(config, model_config.vocab_size)
   writer = metrics_lib.MetricWriter(workdir, resume_step=step)
   unit, items_per_step = task.items_per_step(config)
-  progress = metrics_lib.ProgressLine(config.total_steps,
-                                      tokens_per_step=items_per_step)
+  progress = metrics_lib.ProgressLine(
+      config.total_steps, tokens_per_step=items_per_step,
+      keys=task.progress_keys, unit=task.progress_unit)
   summary: dict[str, Any] = {"start_step": step, "preempted": False}
   scalars = {}
   logged_step, logged_time = step, time.perf_counter()
@@ -184,7 +243,7 @@ def _train_and_evaluate(config, workdir, stop_at_step):
     while step < last_step:
       batch = parallel.shard_batch(next(train_iterator), mesh)
       scalars = train_step(state.model, state.optimizer, batch, loss_limit,
-                           task=task)
+                           state.task_state, task=task)
       step += 1
       bad_in_a_row = int(scalars["bad_steps_in_a_row"])
       if not config_saved:
@@ -211,7 +270,7 @@ def _train_and_evaluate(config, workdir, stop_at_step):
       if not bad_in_a_row:
         checkpointer.confirm()    # the checkpoint before this step is good
       if step % config.eval_every == 0 or step == last_step:
-        val = task.evaluate(state.model, data)
+        val = task.evaluate(state.evaluation_model(), data)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
         summary["validation"] = val
       preempted = preemption.should_stop(step)
@@ -234,7 +293,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
     writer.close()
   summary.update(step=step, train={k: float(v) for k, v in scalars.items()})
   if step == config.total_steps and step > summary["start_step"]:
-    summary.update(task.finish(config, workdir, state.model, data))
+    summary.update(task.finish(config, workdir, state.evaluation_model(),
+                               data))
   return summary
 
 
@@ -261,9 +321,13 @@ class TrainedModel:
 
 
 def load_trained(workdir: str, step: Optional[int] = None):
-  """(TrainedModel, tokenizer, config) of a run's checkpoint (default: the
-  latest readable one). Only the parameters are read: no optimizer is built
-  and its moments stay on disk.
+  """(TrainedModel, assets, config) of a run's checkpoint (default: the
+  latest readable one); assets are what the task needs beside the model
+  (the LM's tokenizer, see `Task.inference_setup`).
+
+  Only the parameters are read, unless the run kept a moving average of
+  them (`optimizer.ema_decay`): then the optimizer state is read too and the
+  model holds the average, as evaluation during training used.
 
   Raises:
     FileNotFoundError: not a training workdir, or no checkpoint there.
@@ -271,11 +335,17 @@ def load_trained(workdir: str, step: Optional[int] = None):
       checkpoint) cannot be read.
   """
   config = experiment.load_config(workdir)
-  tokenizer = data_lib.load_tokenizer(os.path.join(workdir, "tokenizer.model"))
-  model_config = experiment.model_config_from(config, tokenizer.vocab_size)
-  model = models.build_model(model_config, rngs=nnx.Rngs(config.seed))
-  params = nnx.state(model, nnx.Param)
-  target = {"model": nnx.to_pure_dict(params)}
+  task = tasks.get_task(config)
+  model_config, assets = task.inference_setup(config, workdir)
+  ema = config.optimizer.get("ema_decay") is not None
+  if ema:
+    state = create_train_state(model_config, _optimizer_config(config),
+                               config.seed)
+    target = {"model": state.pure()["model"],
+              "optimizer": state.pure()["optimizer"]}
+  else:
+    model = models.build_model(model_config, rngs=nnx.Rngs(config.seed))
+    target = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
   with checkpoints.Checkpointer(workdir, read_only=True) as checkpointer:
     if step is None:
       restored = checkpointer.restore_latest_readable(
@@ -288,6 +358,11 @@ def load_trained(workdir: str, step: Optional[int] = None):
       restored = checkpointer.restore(step, target,
                                       current_config=model_config,
                                       partial=True)
-  nnx.replace_by_pure_dict(params, restored.state["model"])
-  nnx.update(model, params)
-  return TrainedModel(model, restored.step), tokenizer, config
+  if ema:
+    state.load(restored.state)
+    model = state.evaluation_model()
+  else:
+    params = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(params, restored.state["model"])
+    nnx.update(model, params)
+  return TrainedModel(model, restored.step), assets, config
