@@ -32,6 +32,7 @@ from attractor_jax.training import experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LM = str(ROOT / "attractor_jax" / "configs" / "lm.py")
+SUDOKU = str(ROOT / "attractor_jax" / "configs" / "sudoku.py")
 DOC = ROOT / "docs" / "bad_inputs.md"
 RUN_VOCAB = 400       # the fake run's tokenizer
 
@@ -222,6 +223,17 @@ TRAIN_CASES = [
      "config.sample.temperature must be a number >= 0"),
     ("sample-longer-than-context", ["--config.sample.num_tokens=500"],
      "--config.sample.num_tokens=127 or less"),
+    ("puzzle-unknown-variant", [f"--config={SUDOKU}:trm-tiyn"],
+     "Unknown config variant 'trm-tiyn'. Did you mean 'trm-tiny'"),
+    ("puzzle-solver-field-without-solver",
+     [f"--config={SUDOKU}:trm-tiny", "--config.solve.max_iter=4"],
+     "but trm-tiny has no solver"),
+    ("puzzle-unknown-puzzle",
+     [f"--config={SUDOKU}", "--config.data.puzzle=chess"],
+     "Unknown puzzle 'chess'"),
+    ("puzzle-exploration-above-one",
+     [f"--config={SUDOKU}", "--config.halting.exploration_prob=1.5"],
+     "config.halting.exploration_prob must be a number in [0, 1]"),
     ("stray-argument", ["extra"], "Unexpected arguments ['extra']"),
     ("unknown-flag", ["--workdri=/tmp/x"],
      "Unknown command line flag 'workdri'"),
