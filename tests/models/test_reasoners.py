@@ -326,11 +326,15 @@ def test_a_tiny_model_overfits_toy_puzzles_under_jit(kind):
 
   The recursive models see a moving carry (each segment starts where the
   last one ended), so they need more steps than the transformer, and a
-  smaller learning rate than it tolerates (1e-2 stalls TRM).
+  smaller learning rate than it tolerates (1e-2 stalls TRM and the
+  reasoner).
   """
   inputs, targets = puzzles(10), puzzles(11)
   model = build(kind)
-  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+  # The reasoner's warm-started solve follows its weights less tightly: at
+  # 3e-3 its loss stalls near 1.1, at 1e-3 it falls from 1.95 to 0.19.
+  lr = 1e-3 if kind == "attractor_reasoner" else 3e-3
+  optimizer = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
 
   @nnx.jit
   def step(model, optimizer, carry):
