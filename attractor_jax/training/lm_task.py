@@ -39,9 +39,16 @@ class LMTask(tasks.Task):
   def model_config(self, config, data: experiment.LMData):
     return experiment.model_config_from(config, data.tokenizer.vocab_size)
 
+  uses_backward_probe = True
+
   def loss(self, model, batch):
+    extra = {}
+    if (tasks.PROBE_KEY in batch
+        and registry.supports(model.config.kind, registry.SOLVER_STATS)):
+      extra["backward_probe"] = batch[tasks.PROBE_KEY]
     out = model(batch["inputs"], targets=batch["targets"],
-                positions=batch["positions"], segment_ids=batch["segment_ids"])
+                positions=batch["positions"], segment_ids=batch["segment_ids"],
+                **extra)
     return out.loss, out
 
   def step_scalars(self, aux) -> dict[str, jax.Array]:

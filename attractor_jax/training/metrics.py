@@ -26,7 +26,8 @@ import os
 import struct
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, TextIO
+from typing import (Any, Callable, Iterable, Mapping, Optional, Sequence,
+                    TextIO)
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,8 @@ import tensorboardX
 from flax import nnx
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
+
+from attractor_jax import solvers
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -315,9 +318,61 @@ def summarize_solver_stats(stats, prefix: str = "solver/"
   """
   if stats is None:
     return {}
-  summary = stats.summary()
+  summary = dict(stats.summary())
+  summary["not_converged_count"] = jnp.sum(~stats.converged)
   return {prefix + k: jnp.mean(jnp.asarray(v, jnp.float32))
           for k, v in summary.items()}
+
+
+def backward_scalars(probe_gradient, prefix: str = "backward/"
+                     ) -> dict[str, jax.Array]:
+  """Scalars of the backward solves that filled a `backward_probe`."""
+  stats = solvers.backward_stats(probe_gradient)
+  return {prefix + "examples_count": stats.examples,
+          prefix + "iterations_mean": stats.mean_iterations,
+          prefix + "residual_mean": stats.mean_residual,
+          prefix + "not_converged_count": stats.not_converged,
+          prefix + "nonfinite_count": stats.nonfinite,
+          prefix + "diverged_count": stats.diverged}
+
+
+# Scalars whose logged value covers every step since the last log, not just
+# the logged one: a solver failure on an unlogged step is still counted.
+AGGREGATED_PREFIXES = ("solver/", "backward/")
+
+
+class StepAggregator:
+  """Collects per-step scalars between two logs and reduces them.
+
+  Keys under `AGGREGATED_PREFIXES` are reduced over the steps: `*_max` by
+  max, `*_count` by sum, the rest by mean. Other keys keep the logged step's
+  value. Values stay on device until `reduce` (one transfer per log).
+  """
+
+  def __init__(self, prefixes: Sequence[str] = AGGREGATED_PREFIXES):
+    self.prefixes = tuple(prefixes)
+    self._steps: list[dict] = []
+
+  def add(self, scalars: Mapping[str, Any]) -> None:
+    self._steps.append({k: v for k, v in scalars.items()
+                        if k.startswith(self.prefixes)})
+
+  def reduce(self, latest: Mapping[str, Any]) -> dict[str, float]:
+    """`latest` as floats, its aggregated keys replaced by their reduction
+    over the steps added since the last call; starts a new interval."""
+    steps = jax.device_get(self._steps)
+    self._steps = []
+    out = {k: to_float(v) for k, v in jax.device_get(dict(latest)).items()}
+    for key in {k for step in steps for k in step}:
+      values = np.asarray([to_float(step[key]) for step in steps
+                           if key in step])
+      if key.endswith("_max"):
+        out[key] = float(values.max())
+      elif key.endswith("_count"):
+        out[key] = float(values.sum())
+      else:
+        out[key] = float(values.mean())
+    return out
 
 
 def lm_scalars(output, prefix: str = "") -> dict[str, jax.Array]:

@@ -40,6 +40,9 @@ from attractor_jax import errors
 DEFAULT_TASK = "lm"
 # The batch key under which `loss` finds the task's carried state.
 STATE_KEY = "task_state"
+# The batch key of a `backward_probe` (tasks that set `uses_backward_probe`
+# pass it to their model's solve; the trainer logs what it reports).
+PROBE_KEY = "backward_probe"
 
 # name -> (module, class): imported on use, so an LM run does not import the
 # puzzle code and the other way round.
@@ -58,6 +61,8 @@ class Task:
   # Scalars the console progress line shows, and its throughput unit.
   progress_keys = ("loss",)
   progress_unit = "tok"
+  # Whether `loss` hands batch[PROBE_KEY] to the model's fixed-point solve.
+  uses_backward_probe = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Task":

@@ -24,6 +24,7 @@ from flax import nnx
 from attractor_jax import errors
 from attractor_jax import models
 from attractor_jax import parallel
+from attractor_jax import solvers
 from attractor_jax.training import checkpoints
 from attractor_jax.training import experiment
 from attractor_jax.training import metrics as metrics_lib
@@ -147,8 +148,14 @@ def train_step(model, optimizer, batch, loss_limit=jnp.inf, task_state=None,
   if task_state is not None:
     batch = dict(batch, **{tasks.STATE_KEY: task_state.get()})
   step = optimizer.step[...]
-  (loss, aux), grads = nnx.value_and_grad(
-      lambda model: task.loss(model, batch), has_aux=True)(model)
+  probe = solvers.backward_probe()
+
+  def loss_fn(model, probe):
+    probed = dict(batch, **{tasks.PROBE_KEY: probe})
+    return task.loss(model, probed if task.uses_backward_probe else batch)
+
+  (loss, aux), (grads, probe_grad) = nnx.value_and_grad(
+      loss_fn, argnums=(0, 1), has_aux=True)(model, probe)
   health = run_guards.step_health(loss, grads, task.solver_stats(aux),
                                   loss_limit)
   bad = functools.reduce(jnp.logical_or, health.values())
@@ -158,6 +165,8 @@ def train_step(model, optimizer, batch, loss_limit=jnp.inf, task_state=None,
   grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads)
   optimizer.update(model, grads)
   scalars = task.step_scalars(aux)
+  if task.uses_backward_probe and task.solver_stats(aux) is not None:
+    scalars.update(metrics_lib.backward_scalars(probe_grad))
   scalars.update({f"health/{k}": v for k, v in health.items()})
   scalars.update(
       grad_norm=grad_norm,
@@ -237,6 +246,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
       keys=task.progress_keys, unit=task.progress_unit)
   summary: dict[str, Any] = {"start_step": step, "preempted": False}
   scalars = {}
+  # Solver scalars are logged over every step since the last log.
+  aggregator = metrics_lib.StepAggregator()
   logged_step, logged_time = step, time.perf_counter()
   config_saved = False
   try:
@@ -252,8 +263,9 @@ def _train_and_evaluate(config, workdir, stop_at_step):
         config_saved = True
       diverged = bad_in_a_row and _report_bad_step(config, step,
                                                    bad_in_a_row, scalars)
+      aggregator.add(scalars)
       if step % config.log_every == 0 or step == last_step or diverged:
-        scalars = {k: float(v) for k, v in jax.device_get(scalars).items()}
+        scalars = aggregator.reduce(scalars)
         scalars["lr"] = float(learning_rate(step - 1))
         scalars.update(metrics_lib.gate_means(state.model))
         now = time.perf_counter()
