@@ -74,7 +74,8 @@ def get_config(puzzle: str, variant: str) -> ml_collections.ConfigDict:
   config.total_steps = 3000 if tiny else 60_000
   config.log_every = 50 if tiny else 100
   config.eval_every = 1000 if tiny else 5000
-  # Periodic validation reads the first eval_examples test puzzles (0: all);
+  # Periodic validation reads eval_examples test puzzles spread over every
+  # tier (0: all);
   # the evaluation after training and `evaluate` always read all of them.
   config.eval_examples = 500 if tiny else 0
   config.eval_batch_size = 500 if tiny else 1000

@@ -64,9 +64,20 @@ class PuzzleSet:
     """The first `count` puzzles (all if None or larger)."""
     if count is None or count >= len(self):
       return self
-    return dataclasses.replace(self, inputs=self.inputs[:count],
-                               labels=self.labels[:count],
-                               tiers=self.tiers[:count])
+    return self._rows(np.arange(count))
+
+  def spread(self, count: Optional[int]) -> "PuzzleSet":
+    """`count` puzzles evenly spaced over the split (all if None or
+    larger). The committed test splits are ordered by tier, so a spread
+    covers every tier where a prefix would hold only the easiest."""
+    if count is None or count >= len(self):
+      return self
+    return self._rows(np.linspace(0, len(self) - 1, count).astype(int))
+
+  def _rows(self, index: np.ndarray) -> "PuzzleSet":
+    return dataclasses.replace(self, inputs=self.inputs[index],
+                               labels=self.labels[index],
+                               tiers=self.tiers[index])
 
 
 def check_puzzle(puzzle: str) -> str:

@@ -177,7 +177,7 @@ class PuzzleTask(tasks.Task):
     return PuzzleData(
         train=puzzle_data.TrainStream(train, config.batch_size, config.seed,
                                       augment=config.data.augment),
-        test=test, validation=test.subset(config.eval_examples or None),
+        test=test, validation=test.spread(config.eval_examples or None),
         eval_batch_size=config.eval_batch_size)
 
   def model_config(self, config, data):
@@ -260,8 +260,8 @@ class PuzzleTask(tasks.Task):
   # ------------------------------------------------------------- evaluation
 
   def evaluate(self, model, data: PuzzleData) -> dict[str, float]:
-    """Periodic validation on the first config.eval_examples test puzzles
-    (all of them if 0); headline and tiers only."""
+    """Periodic validation on config.eval_examples test puzzles spread over
+    the split (all of them if 0); headline and tiers only."""
     result = puzzle_eval.evaluate(model, data.validation,
                                   batch_size=data.eval_batch_size)
     return {k: v for k, v in result.items() if not k.startswith("segment/")}

@@ -71,6 +71,9 @@ def test_tiers_and_answer_cells():
   assert (data.tiers == "extreme").sum() >= 1000
   mask = data.answer_mask()
   np.testing.assert_array_equal(mask, data.inputs == sudoku.BLANK)
+  spread = data.spread(40)
+  assert set(spread.tiers) == set(sudoku.TIERS)     # a prefix has one tier
+  assert set(data.subset(40).tiers) == {"easy"}
   mazes = puzzle_data.load("maze", "test")
   assert set(mazes.tiers) <= set(puzzle_data.MAZE_TIERS)
   np.testing.assert_array_equal(puzzle_data.maze_tier(

@@ -23,20 +23,12 @@ from attractor_jax.training import trainer
 TEST_PUZZLES = 24
 
 
-def _spread(data, count):
-  """`count` puzzles spread over the split (so over all its tiers)."""
-  index = np.linspace(0, len(data) - 1, count).astype(int)
-  return dataclasses.replace(data, inputs=data.inputs[index],
-                             labels=data.labels[index],
-                             tiers=data.tiers[index])
-
-
 def _small_test_split(patch):
   """Runs evaluate a spread of the test split (the code under test still
   reads all of whatever split it is given)."""
   load = puzzle_data.load
   patch.setattr(puzzle_data, "load", lambda puzzle, split: (
-      _spread(load(puzzle, split), TEST_PUZZLES) if split == "test"
+      load(puzzle, split).spread(TEST_PUZZLES) if split == "test"
       else load(puzzle, split)))
 
 
