@@ -15,6 +15,7 @@ import difflib
 
 import ml_collections
 
+from attractor_jax import configs
 from attractor_jax import errors
 from attractor_jax.configs.lm import placeholders
 from attractor_jax.models.reasoning import config as reasoner_configs
@@ -96,20 +97,6 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
   """No field of the puzzle config missing, none it lacks (model, solve and
   optimizer are checked against their dataclasses instead)."""
   puzzle = config.get("data", {}).get("puzzle", "sudoku")
-  reference = get_config(puzzle if puzzle in ("sudoku", "maze")
-                         else "sudoku", "tiny")
-  sections = [("", config, reference)]
-  for key, value in reference.items():
-    if (isinstance(value, ml_collections.ConfigDict)
-        and key not in ("model", "solve", "optimizer")
-        and isinstance(config.get(key), (ml_collections.ConfigDict, dict))):
-      sections.append((key + ".", config[key], value))
-  for prefix, have, want in sections:
-    missing = sorted(set(want.keys()) - set(have.keys()))
-    unknown = sorted(set(have.keys()) - set(want.keys()))
-    if missing or unknown:
-      what = (f"lacks field(s) {[prefix + k for k in missing]}" if missing
-              else f"has unknown field(s) {[prefix + k for k in unknown]}")
-      raise errors.ConfigError(
-          f"The puzzle config {what}.\nStart the config file from "
-          "attractor_jax/configs/sudoku.py or maze.py.")
+  puzzle = puzzle if puzzle in ("sudoku", "maze") else "sudoku"
+  configs.check_fields(config, get_config(puzzle, "tiny"),
+                       f"attractor_jax/configs/{puzzle}.py")

@@ -33,6 +33,7 @@ from flax import nnx
 from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax import models
+from attractor_jax import configs
 from attractor_jax.configs import lm
 from attractor_jax.data import array_record as array_record_lib
 from attractor_jax.data import tokenizer as tokenizer_lib
@@ -287,26 +288,8 @@ def _get(config, dotted: str):
 
 
 def _check_fields(config) -> None:
-  """No field of lm.get_config() missing, none it lacks (model, solve and
-  optimizer are checked against their dataclasses instead)."""
-  reference = lm.get_config()
-  sections = [("", config, reference)]
-  for key, value in reference.items():
-    if (isinstance(value, ml_collections.ConfigDict)
-        and key not in ("model", "solve", "optimizer")
-        and isinstance(config.get(key), (ml_collections.ConfigDict, dict))):
-      sections.append((key + ".", config[key], value))
-  for prefix, have, want in sections:
-    missing = sorted(set(want.keys()) - set(have.keys()))
-    unknown = sorted(set(have.keys()) - set(want.keys()))
-    if missing:
-      raise errors.ConfigError(
-          f"The config lacks field(s) {[prefix + k for k in missing]}.\n"
-          "Start the config file from attractor_jax/configs/lm.py.")
-    if unknown:
-      raise errors.ConfigError(
-          f"Unknown config field(s) {[prefix + k for k in unknown]}.\n"
-          "Use only the fields of attractor_jax/configs/lm.py.")
+  """No field of lm.get_config() missing, none it lacks."""
+  configs.check_fields(config, lm.get_config(), "attractor_jax/configs/lm.py")
 
 
 def validate_config(config: ml_collections.ConfigDict,
