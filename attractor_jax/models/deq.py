@@ -23,6 +23,7 @@ from flax import nnx
 from attractor_jax import solvers
 from attractor_jax.models import lm_common
 from attractor_jax.models.config import DEQConfig
+from attractor_jax.nn import attractor_head
 from attractor_jax.nn import blocks
 
 
@@ -65,7 +66,8 @@ class DEQ(nnx.Module):
 
     return solvers.fixed_point(
         f, state, e, jnp.zeros_like(e), backward_probe=backward_probe,
-        **self.config.solve.fixed_point_kwargs(max_iter))
+        **self.config.solve.fixed_point_kwargs(
+            attractor_head.effective_max_iter(max_iter)))
 
   def __call__(self, tokens: jax.Array, *, targets: Optional[jax.Array] = None,
                positions=None, segment_ids=None, max_iter: Optional[int] = None,

@@ -1,6 +1,7 @@
 """Flax NNX layers: norms, rotary, attention, MLPs, blocks, the attractor head.
 
-Linen users: see `attractor_jax.nn.linen` (wrappers through flax.nnx.bridge).
+Linen users: see `attractor_jax.linen` (wrappers through flax.nnx.bridge;
+`attractor_jax.nn.linen` is its old name).
 """
 
 from attractor_jax.nn.attention import Attention

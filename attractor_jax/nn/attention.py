@@ -1,7 +1,9 @@
 """Multi-head self-attention that honours `causal` and segment ids everywhere.
 
-The mask is always built here from positions and segment ids, and passed to
-`jax.nn.dot_product_attention` explicitly, so no backend path can drop it.
+The mask is always built here from the sequence index (causality) and segment
+ids, and passed to `jax.nn.dot_product_attention` explicitly, so no backend
+path can drop it. Positions only rotate queries and keys (rotary), and
+rotary can be switched off (`rope_theta=None`).
 """
 
 from __future__ import annotations
@@ -18,22 +20,34 @@ from attractor_jax.nn import rotary
 from attractor_jax.nn.kv_cache import KVCache
 
 
-def attention_mask(q_positions: jax.Array, kv_positions: jax.Array, *,
-                   causal: bool, q_segment_ids: Optional[jax.Array] = None,
+def attention_mask(q_len: int, kv_len: int, *, causal: bool,
+                   q_segment_ids: Optional[jax.Array] = None,
                    kv_segment_ids: Optional[jax.Array] = None) -> jax.Array:
-  """Boolean mask `[batch, 1, q_len, kv_len]`: True where a query may look.
+  """Boolean mask `[batch or 1, 1, q_len, kv_len]`: True where a query may look.
 
-  Causal: a key at a later position than the query is hidden. Segments: a
-  query sees only keys of its own segment (packed documents stay apart).
+  The queries are the last `q_len` of the `kv_len` keys in sequence order
+  (self-attention: q_len == kv_len; cached decoding: the new tokens after
+  kv_len - q_len cached slots). Causal: a key later in the sequence than the
+  query is hidden. The order is the index along the sequence axis, never the
+  values of `positions` (those only rotate queries and keys), so no choice of
+  positions can turn causality off. Segments: a query sees only keys of its
+  own segment (packed documents stay apart).
   """
-  batch = q_positions.shape[0]
-  mask = jnp.ones((batch, q_positions.shape[1], kv_positions.shape[1]), bool)
+  if not (isinstance(q_len, int) and isinstance(kv_len, int)):
+    raise TypeError(
+        "attention_mask takes the query and key lengths (ints); causality "
+        "follows the sequence index, not positions. Got "
+        f"{type(q_len).__name__} and {type(kv_len).__name__}.")
+  if q_len > kv_len:
+    raise ValueError(f"q_len {q_len} > kv_len {kv_len}: the queries must be "
+                     "the last q_len keys.")
+  mask = jnp.ones((1, q_len, kv_len), bool)
   if causal:
-    mask &= kv_positions[:, None, :] <= q_positions[:, :, None]
+    mask &= jnp.tril(jnp.ones((q_len, kv_len), bool), k=kv_len - q_len)
   if (q_segment_ids is None) != (kv_segment_ids is None):
     raise ValueError("Pass segment ids for both queries and keys, or neither.")
   if q_segment_ids is not None:
-    mask &= q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+    mask = mask & (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :])
   return mask[:, None]
 
 
@@ -46,11 +60,14 @@ class Attention(nnx.Module):
   """Multi-head attention with rotary embeddings and optional QK-norm.
 
   QK-norm RMS-normalises each head's queries and keys with epsilon
-  `qk_norm_eps` (default: `norm_eps`).
+  `qk_norm_eps` (default: `norm_eps`). `rope_theta=None` switches rotary
+  embeddings off: positions are then not used at all, and attention over the
+  sequence is permutation-equivariant (sets, graph nodes).
   """
 
   def __init__(self, dim: int, num_heads: int, *, head_dim: Optional[int] = None,
-               qk_norm: bool = False, rope_theta: float = 10000.0,
+               qk_norm: bool = False,
+               rope_theta: Optional[float] = 10000.0,
                rope_convention: str = "half", norm_eps: float = 1e-5,
                qk_norm_eps: Optional[float] = None,
                init_std: float = 0.02, out_init_scale: float = 0.0,
@@ -59,6 +76,9 @@ class Attention(nnx.Module):
       if dim % num_heads:
         raise ValueError(f"width {dim} is not divisible by {num_heads} heads.")
       head_dim = dim // num_heads
+    if rope_theta is not None and not rope_theta > 0:
+      raise ValueError(f"rope_theta must be > 0 (or None: no rotary); got "
+                       f"{rope_theta}.")
     if rope_convention not in rotary.CONVENTIONS:
       raise ValueError(f"Unknown rotary convention {rope_convention!r}; "
                        f"expected one of {rotary.CONVENTIONS}.")
@@ -87,16 +107,23 @@ class Attention(nnx.Module):
       self.k_norm = norms.RMSNorm(head_dim, eps=eps, axis_name="head_dim",
                                   param_dtype=param_dtype, rngs=rngs)
 
-  def project_qkv(self, x: jax.Array, positions: jax.Array):
-    """Queries, keys and values of x, with QK-norm and rotary applied."""
+  def project_qkv(self, x: jax.Array, positions: Optional[jax.Array]):
+    """Queries, keys and values of x, with QK-norm and rotary applied.
+
+    `positions` (int `[batch, seq]`) is read only by rotary embeddings.
+    """
     x = x.astype(self.dtype)
     q, k, v = (jnp.einsum("btd,dnh->btnh", x, w[...].astype(self.dtype))
                for w in (self.wq, self.wk, self.wv))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    sin, cos = rotary.rotary_angles(positions, self.head_dim, self.rope_theta)
-    q = rotary.apply_rotary(q, sin, cos, self.rope_convention)
-    k = rotary.apply_rotary(k, sin, cos, self.rope_convention)
+    if self.rope_theta is not None:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+      sin, cos = rotary.rotary_angles(positions, self.head_dim,
+                                      self.rope_theta)
+      q = rotary.apply_rotary(q, sin, cos, self.rope_convention)
+      k = rotary.apply_rotary(k, sin, cos, self.rope_convention)
     return q, k, v
 
   def project_out(self, out: jax.Array) -> jax.Array:
@@ -109,16 +136,16 @@ class Attention(nnx.Module):
 
     Args:
       x: the input.
-      causal: hide later positions (decoders) or not (puzzle models).
-      positions: int `[batch, seq]`; default 0..seq-1.
+      causal: hide tokens later in the sequence (decoders) or not (puzzle
+        models); by sequence index, whatever `positions` holds.
+      positions: int `[batch, seq]` for rotary embeddings; default 0..seq-1.
       segment_ids: int `[batch, seq]`; tokens attend only within a segment.
     """
     if x.ndim != 3:
       raise ValueError(f"Attention expects [batch, seq, dim]; got {x.shape}.")
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
     q, k, v = self.project_qkv(x, positions)
-    mask = attention_mask(positions, positions, causal=causal,
+    seq = x.shape[1]
+    mask = attention_mask(seq, seq, causal=causal,
                           q_segment_ids=segment_ids, kv_segment_ids=segment_ids)
     return self.project_out(attend(q, k, v, mask))
 
@@ -128,9 +155,10 @@ class Attention(nnx.Module):
 
     Args:
       x: `[batch, new, dim]`, the tokens after the cached ones.
-      positions: int `[batch, new]`.
-      cache: keys and values of earlier positions (not modified here).
-      causal: mask later positions among the new tokens.
+      positions: int `[batch, new]` (rotary).
+      cache: keys and values of earlier tokens (not modified here).
+      causal: mask later tokens among the new ones (by sequence index); the
+        valid cached slots are all earlier, so always visible.
 
     Returns:
       The attention output and the new tokens' (keys, values), for the caller
@@ -139,8 +167,7 @@ class Attention(nnx.Module):
     q, k, v = self.project_qkv(x, positions)
     keys = jnp.concatenate([cache.k.astype(k.dtype), k], axis=1)
     values = jnp.concatenate([cache.v.astype(v.dtype), v], axis=1)
-    kv_positions = jnp.concatenate([cache.positions, positions], axis=1)
     valid = jnp.concatenate(
         [cache.valid(), jnp.ones((x.shape[1],), bool)])[None, None, None, :]
-    mask = attention_mask(positions, kv_positions, causal=causal) & valid
+    mask = attention_mask(x.shape[1], keys.shape[1], causal=causal) & valid
     return self.project_out(attend(q, keys, values, mask)), (k, v)

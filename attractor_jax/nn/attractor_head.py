@@ -10,8 +10,12 @@ The head has no dropout, so the solve always sees a deterministic map.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Optional, Sequence
+import inspect
+import warnings
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -21,27 +25,81 @@ from attractor_jax import errors
 from attractor_jax import solvers
 from attractor_jax.nn import blocks as blocks_lib
 from attractor_jax.nn.kv_cache import KVCache
+from attractor_jax.solvers import loop as loop_lib
+from attractor_jax.solvers.anderson import Anderson
+from attractor_jax.solvers.base import FixedPointSolver
+from attractor_jax.solvers.broyden import Broyden
 from attractor_jax.solvers.fixed_point import ON_BACKWARD_FAILURE
+from attractor_jax.solvers.picard import Picard
+
+# Each solver's options: SolveConfig field -> the solver's constructor
+# argument. Every field is named for one solver only, so no option silently
+# becomes another solver's (Anderson's `mixing` is not Picard's `damping`).
+SOLVER_OPTIONS = {
+    "anderson": {"history": "history", "mixing": "mixing", "ridge": "ridge",
+                 "max_weight": "max_weight"},
+    "picard": {"damping": "damping"},
+    "broyden": {"broyden_history": "history",
+                "min_denominator": "min_denominator"},
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class SolveConfig:
-  """Solver and backward settings of an attractor head (see `fixed_point`)."""
+  """Every `fixed_point` setting of an attractor head, with its defaults.
 
-  solver: str = "anderson"
-  history: int = 5
-  mixing: float = 1.0
-  max_iter: int = 32
+  A field left at its default does what `fixed_point` does when that keyword
+  is not passed; `fixed_point_kwargs()` gives the keyword arguments. The
+  language-model presets set their own (`models.config.LM_SOLVE`).
+
+  Attributes:
+    solver: "anderson", "picard", "broyden", or a solver object (for example
+      `attractor_jax.Anderson(history=3)`; hashable, as a frozen dataclass
+      is). With an object, leave the per-solver fields below at their
+      defaults and set the options on the object.
+    history, mixing, ridge, max_weight: Anderson's options (its `history`
+      m and `mixing` beta, see `solvers.Anderson`).
+    damping: Picard's step, y + damping * (f(y) - y).
+    broyden_history, min_denominator: Broyden's `history` and
+      `min_denominator`.
+    max_iter, tol, atol, min_iter, divergence_factor, track_best, trace: the
+      forward solve's stopping rule and bookkeeping (see `fixed_point`). tol
+      must be > 0 here (to run exactly max_iter steps set min_iter =
+      max_iter).
+    backward: "implicit", "onestep", "jfb", "phantom" or "unrolled".
+    backward_solver, backward_max_iter, backward_tol: the implicit backward
+      solve (a name or a solver object; None: max_iter, tol).
+    onestep_clip, phantom_steps, phantom_damping, on_backward_failure: as in
+      `fixed_point`.
+  Options a solver does not take must stay at their defaults: for example
+  `mixing` with solver="picard" is refused (Picard's step is `damping`).
+  """
+
+  solver: Union[str, FixedPointSolver] = "anderson"
+  history: int = Anderson.history
+  mixing: float = Anderson.mixing
+  max_iter: int = 50
   min_iter: int = 0
-  tol: float = 1e-3
-  backward: str = "onestep"
-  backward_solver: str = "anderson"
+  tol: float = 1e-4
+  backward: str = "implicit"
+  backward_solver: Union[str, FixedPointSolver] = "anderson"
   backward_max_iter: Optional[int] = None
   backward_tol: Optional[float] = None
   onestep_clip: Optional[float] = None
   phantom_steps: int = 2
   phantom_damping: float = 1.0
   on_backward_failure: str = "warn"
+  # Fields added after the first release (old saved configs lack them; their
+  # defaults are what those configs ran with).
+  atol: float = 0.0
+  divergence_factor: Optional[float] = loop_lib.DEFAULT_DIVERGENCE_FACTOR
+  track_best: bool = True
+  trace: bool = False
+  ridge: float = Anderson.ridge
+  max_weight: float = Anderson.max_weight
+  damping: float = Picard.damping
+  broyden_history: int = Broyden.history
+  min_denominator: float = Broyden.min_denominator
 
   def __post_init__(self):
     """Checks names and ranges here, not at the first jitted step.
@@ -49,9 +107,21 @@ class SolveConfig:
     Raises:
       errors.ConfigError: naming the field, the bad value and what it takes.
     """
-    choices = dict(solver=tuple(solvers.SOLVERS),
-                   backward=tuple(solvers.BACKWARD_MODES),
-                   backward_solver=tuple(solvers.SOLVERS),
+    for name in ("solver", "backward_solver"):
+      value = getattr(self, name)
+      if isinstance(value, str):
+        if value not in solvers.SOLVERS:
+          raise errors.ConfigError(
+              f"Unknown solve.{name} {value!r}; expected one of "
+              f"{', '.join(solvers.SOLVERS)}.")
+      elif not (callable(getattr(value, "init", None))
+                and callable(getattr(value, "propose", None))):
+        raise errors.ConfigError(
+            f"solve.{name} must be a solver name ({', '.join(solvers.SOLVERS)})"
+            f" or a solver object with init() and propose(); got {value!r}. "
+            "(A solver object saved to JSON cannot be restored: save its name "
+            "and options instead.)")
+    choices = dict(backward=tuple(solvers.BACKWARD_MODES),
                    on_backward_failure=tuple(ON_BACKWARD_FAILURE))
     for name, known in choices.items():
       if getattr(self, name) not in known:
@@ -61,9 +131,17 @@ class SolveConfig:
     checks = (
         ("history", self.history >= 1, ">= 1"),
         ("mixing", 0 < self.mixing <= 1, "in (0, 1]"),
+        ("ridge", self.ridge >= 0, ">= 0"),
+        ("max_weight", self.max_weight > 0, "> 0"),
+        ("damping", 0 < self.damping <= 1, "in (0, 1]"),
+        ("broyden_history", self.broyden_history >= 1, ">= 1"),
+        ("min_denominator", self.min_denominator >= 0, ">= 0"),
         ("max_iter", self.max_iter >= 0, ">= 0"),
         ("min_iter", self.min_iter >= 0, ">= 0"),
         ("tol", self.tol > 0, "> 0"),
+        ("atol", self.atol >= 0, ">= 0"),
+        ("divergence_factor", self.divergence_factor is None
+         or self.divergence_factor > 1, "> 1 (or None)"),
         ("backward_max_iter", self.backward_max_iter is None
          or self.backward_max_iter >= 0, ">= 0 (or None)"),
         ("backward_tol", self.backward_tol is None or self.backward_tol > 0,
@@ -77,58 +155,247 @@ class SolveConfig:
       if not ok:
         raise errors.ConfigError(
             f"solve.{name} must be {rule}; got {getattr(self, name)!r}.")
+    self._check_solver_options()
+
+  def _check_solver_options(self):
+    """Options of a solver other than the chosen one stay at their defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(self)}
+    own = (SOLVER_OPTIONS[self.solver] if isinstance(self.solver, str)
+           else {})
+    for owner, options in SOLVER_OPTIONS.items():
+      for name in options:
+        value = getattr(self, name)
+        if name in own or value == defaults[name]:
+          continue
+        if not isinstance(self.solver, str):
+          raise errors.ConfigError(
+              f"solve.{name}={value!r} is set together with a solver object "
+              f"({self.solver!r}); set the option on the object instead.")
+        hint = (" (Picard's step size is solve.damping)"
+                if name == "mixing" and self.solver == "picard" else "")
+        raise errors.ConfigError(
+            f"solve.{name}={value!r} is an option of the {owner} solver, but "
+            f"solve.solver is {self.solver!r}{hint}; leave it at "
+            f"{defaults[name]!r} or set the {self.solver} solver's own: "
+            f"{', '.join(SOLVER_OPTIONS[self.solver]) or 'none'}.")
+
+  def solver_options(self) -> dict:
+    """The chosen named solver's constructor options (empty for an object)."""
+    if not isinstance(self.solver, str):
+      return {}
+    return {arg: getattr(self, name)
+            for name, arg in SOLVER_OPTIONS[self.solver].items()}
 
   def fixed_point_kwargs(self, max_iter: Optional[int] = None) -> dict:
-    """Keyword arguments of `fixed_point`, with an optional max_iter override."""
+    """Keyword arguments of `fixed_point`, with an optional max_iter override.
+
+    Every `fixed_point` keyword but `backward_probe` (a per-call argument) is
+    given explicitly, so the solve does what this config says whatever
+    `fixed_point`'s defaults are.
+    """
     max_iter = self.max_iter if max_iter is None else max_iter
-    solver_options = {}
-    if self.solver == "anderson":
-      solver_options = dict(history=self.history, mixing=self.mixing)
-    elif self.solver == "picard":
-      solver_options = dict(damping=self.mixing)
-    return dict(
-        solver=self.solver, backward=self.backward, max_iter=max_iter,
-        min_iter=min(self.min_iter, max_iter), tol=self.tol,
-        backward_solver=self.backward_solver,
-        backward_max_iter=self.backward_max_iter,
-        backward_tol=self.backward_tol, onestep_clip=self.onestep_clip,
-        phantom_steps=self.phantom_steps,
-        phantom_damping=self.phantom_damping,
-        on_backward_failure=self.on_backward_failure, **solver_options)
+    kwargs = {name: getattr(self, name) for name in _FIXED_POINT_FIELDS}
+    kwargs.update(max_iter=max_iter, min_iter=min(self.min_iter, max_iter),
+                  **self.solver_options())
+    return kwargs
+
+
+def fixed_point_keywords() -> dict[str, inspect.Parameter]:
+  """`fixed_point`'s own keyword arguments (not f, params, c, y0, options)."""
+  skip = {"f", "params", "c", "y0", "backward_probe"}
+  return {name: p for name, p in
+          inspect.signature(solvers.fixed_point).parameters.items()
+          if name not in skip and p.kind is not p.VAR_KEYWORD}
+
+
+_FIXED_POINT_FIELDS = tuple(
+    name for name in fixed_point_keywords()
+    if name in {f.name for f in dataclasses.fields(SolveConfig)})
+
+
+# ------------------------------------------------- Linen init and eager calls
+
+_SKIP_SOLVE = contextvars.ContextVar("attractor_jax_skip_solve", default=False)
+
+
+@contextlib.contextmanager
+def solve_skipped() -> Iterator[None]:
+  """Within this context every head solve returns its start (max_iter = 0).
+
+  `attractor_jax.linen` enters it during Linen `init`, which needs only the
+  shapes of the outputs, never the fixed point.
+  """
+  token = _SKIP_SOLVE.set(True)
+  try:
+    yield
+  finally:
+    _SKIP_SOLVE.reset(token)
+
+
+def effective_max_iter(max_iter: Optional[int]) -> Optional[int]:
+  """`max_iter`, or 0 inside `solve_skipped()` (Linen init)."""
+  return 0 if _SKIP_SOLVE.get() else max_iter
+
+
+class EagerSolveWarning(UserWarning):
+  """A head solve ran outside of jit: every such call traces the solver."""
+
+
+_eager_warned = False
+
+
+def _warn_if_eager(*trees: Any) -> None:
+  """Warns once per process when a solve runs on concrete (un-traced) input.
+
+  `trees`: the solve's inputs (c and the head's state). Under jit some of them
+  are tracers, even when c itself is a constant closed over by the step.
+  """
+  global _eager_warned
+  if _eager_warned or any(isinstance(leaf, jax.core.Tracer)
+                          for leaf in jax.tree.leaves(trees)):
+    return
+  _eager_warned = True
+  warnings.warn(EagerSolveWarning(
+      "An attractor head was called outside of jit: every such call traces "
+      "and compiles the solver loop again (seconds per call instead of "
+      "milliseconds). Wrap the call or the training step in nnx.jit (NNX) "
+      "or jax.jit (Linen apply). This warning is shown once."), stacklevel=3)
 
 
 class AttractorHead(nnx.Module):
-  """`num_blocks` gated pre-norm blocks, solved to a fixed point.
+  """A residual branch R iterated to the fixed point y* = c + R(y* + c).
+
+  Build one with `AttractorHead.create(...)` (gated pre-norm blocks with the
+  head's own defaults), from a `BlockSpec` (`AttractorHead(spec, num_blocks,
+  solve_config, rngs=...)`, as the Attractor LM does), or around modules of
+  your own (`AttractorHead(residual=[module, ...], solve_config=...)`).
+
+  Each residual module maps x `[batch, ..., dim]` to an update of the same
+  shape; the updates of the modules are applied in turn and summed. Keyword
+  arguments of the head's call that are not None (`positions`,
+  `segment_ids`, or your own, such as an adjacency matrix) are passed to
+  every module. Only your modules decide whether f contracts: keep their
+  output small at initialisation (the built-in blocks gate it per channel).
 
   Attributes:
-    blocks: the weight-tied blocks of R (applied once per solver step).
+    blocks: the weight-tied residual modules of R (applied once per solver
+      step).
     solve_config: solver, stopping rule and backward mode.
   """
 
-  def __init__(self, spec: blocks_lib.BlockSpec, num_blocks: int,
-               solve_config: SolveConfig = SolveConfig(), *, rngs: nnx.Rngs):
+  def __init__(self, spec: Optional[blocks_lib.BlockSpec] = None,
+               num_blocks: int = 1, solve_config: SolveConfig = SolveConfig(),
+               *, residual: Union[nnx.Module, Sequence[nnx.Module], None] = None,
+               rngs: Optional[nnx.Rngs] = None):
+    if (spec is None) == (residual is None):
+      raise ValueError("Give the attractor head either a BlockSpec (spec, "
+                       "num_blocks) or residual=[modules], not both.")
+    if not isinstance(solve_config, SolveConfig):
+      raise TypeError(f"solve_config must be a SolveConfig; got "
+                      f"{type(solve_config).__name__}.")
+    if residual is not None:
+      modules = ([residual] if isinstance(residual, nnx.Module)
+                 else list(residual))
+      if not modules or not all(isinstance(m, nnx.Module) for m in modules):
+        raise TypeError("residual must be an NNX module or a non-empty "
+                        "sequence of them.")
+      self.blocks = nnx.List(modules)
+      self.solve_config = solve_config
+      return
     if spec.gate_max is None:
       raise ValueError("The attractor head needs gated blocks: set gate_max "
-                       "(and gate_init, the layer scale) in its BlockSpec.")
+                       "(and gate_init, the layer scale) in its BlockSpec, "
+                       "or use AttractorHead.create(...).")
     if spec.norm != "pre":
       raise ValueError("The attractor head's blocks must be pre-norm.")
+    if spec.out_init_scale == 0:
+      raise ValueError(
+          "The attractor head's output projections would start at zero "
+          "(BlockSpec.out_init_scale=0, its default for backbone blocks): "
+          "the head would be the constant map f(y; c) = c, solved in 0 "
+          "iterations, with no gradient for its gates. Set out_init_scale "
+          "(the Attractor LM uses 1.0), or use AttractorHead.create(...).")
     if num_blocks < 1:
       raise ValueError(f"num_blocks must be >= 1; got {num_blocks}.")
+    if rngs is None:
+      raise ValueError("rngs is required to build the head's blocks.")
     self.blocks = nnx.List(
         [blocks_lib.Block(spec, rngs=rngs) for _ in range(num_blocks)])
     self.solve_config = solve_config
 
-  def residual(self, x: jax.Array, *, positions=None, segment_ids=None
-               ) -> jax.Array:
-    """R(x): the summed residual updates of the blocks applied in turn."""
-    return blocks_lib.summed_branches(self.blocks, x, positions=positions,
-                                      segment_ids=segment_ids)
+  @classmethod
+  def create(cls, *, dim: int, mlp_dim: int, causal: bool,
+             num_heads: Optional[int] = None, num_blocks: int = 1,
+             attention: bool = True, rope_theta: Optional[float] = 10000.0,
+             qk_norm: bool = True, mlp: str = "relu2", gate_max: float = 1.0,
+             gate_init: float = 0.1, out_init_scale: float = 1.0,
+             init_std: Optional[float] = None, norm_eps: float = 1e-5,
+             solve_config: SolveConfig = SolveConfig(),
+             dtype=jnp.float32, param_dtype=jnp.float32,
+             rngs: nnx.Rngs) -> "AttractorHead":
+    """An attractor head of gated pre-norm blocks, with safe defaults.
 
-  def map(self, y: jax.Array, c: jax.Array, *, positions=None,
-          segment_ids=None) -> jax.Array:
+    Args:
+      dim: width of the state (the last axis of c).
+      mlp_dim: hidden width of each block's MLP.
+      causal: required: True for decoders (a token sees only earlier ones,
+        by sequence index), False for sets, graphs and puzzles.
+      num_heads: attention heads (required with attention).
+      num_blocks: blocks of the residual branch R.
+      attention: False builds MLP-only blocks: no token mixing, and c may
+        be any `[batch, ..., dim]`.
+      rope_theta: rotary embeddings' base; None switches rotary off (then
+        `positions` are unused and attention is permutation-equivariant).
+      qk_norm: RMS-normalise queries and keys (as the Attractor LM does).
+      mlp: "relu2" or "swiglu".
+      gate_max, gate_init: per-channel output gates g = gate_max *
+        sigmoid(raw), starting at gate_init (the Attractor LM's values).
+      out_init_scale: output projections start at std init_std * this; not
+        zero (a zero start is the constant map f = c, which never trains its
+        gates), 1.0 as in the Attractor LM.
+      init_std: std of the projections; None: 1 / sqrt(dim), so that the
+        map is as strong at any width (the Attractor LM's 0.02 at width
+        1024 is close to it; at width 16 it would leave f nearly constant).
+      norm_eps: RMSNorm epsilon.
+      solve_config: solver settings (default: `fixed_point`'s defaults).
+      dtype, param_dtype: activation and parameter dtypes.
+      rngs: parameter initialisation.
+    """
+    if not isinstance(causal, bool):
+      raise TypeError(f"causal must be True or False; got {causal!r}.")
+    if attention and num_heads is None:
+      raise ValueError("num_heads is required with attention=True.")
+    if not out_init_scale > 0:
+      raise ValueError(f"out_init_scale must be > 0; got {out_init_scale}.")
+    if init_std is None:
+      init_std = dim ** -0.5
+    spec = blocks_lib.BlockSpec(
+        dim=dim, num_heads=num_heads or 1, mlp_dim=mlp_dim, mlp=mlp,
+        norm="pre", qk_norm=qk_norm, rope_theta=rope_theta, causal=causal,
+        norm_eps=norm_eps, gate_max=gate_max, gate_init=gate_init,
+        init_std=init_std, out_init_scale=out_init_scale, dtype=dtype,
+        param_dtype=param_dtype, attention=attention)
+    return cls(spec, num_blocks, solve_config, rngs=rngs)
+
+  def residual(self, x: jax.Array, **context) -> jax.Array:
+    """R(x): the summed residual updates of the blocks applied in turn.
+
+    `context` (positions, segment_ids, ...): the keyword arguments each
+    residual module takes; None values are left out.
+    """
+    context = {k: v for k, v in context.items() if v is not None}
+    total = jnp.zeros_like(x)
+    for block in self.blocks:
+      if isinstance(block, blocks_lib.Block):
+        delta = block.branch(x + total, **context)
+      else:
+        delta = block(x + total, **context)
+      total = total + delta
+    return total
+
+  def map(self, y: jax.Array, c: jax.Array, **context) -> jax.Array:
     """f(y; c) = c + R(y + c)."""
-    return c + self.residual(y + c, positions=positions,
-                             segment_ids=segment_ids)
+    return c + self.residual(y + c, **context)
 
   def map_cached(self, y: jax.Array, c: jax.Array, positions: jax.Array,
                  caches: Sequence[KVCache]):
@@ -136,6 +403,10 @@ class AttractorHead(nnx.Module):
 
     Returns f's value and, per block, the new positions' (keys, values).
     """
+    for block in self.blocks:
+      if not (isinstance(block, blocks_lib.Block) and block.attn is not None
+              and block.spec.causal):
+        raise ValueError("Cached solving needs causal attention blocks.")
     x = y + c
     total = jnp.zeros_like(x)
     new_kv = []
@@ -161,6 +432,7 @@ class AttractorHead(nnx.Module):
       head = nnx.merge(graphdef, state)
       return head.map_cached(y, c, positions, caches)[0]
 
+    max_iter = effective_max_iter(max_iter)
     y, stats = solvers.fixed_point(
         f, state, c, c, **self.solve_config.fixed_point_kwargs(max_iter))
     _, new_kv = self.map_cached(y, c, positions, caches)
@@ -170,26 +442,37 @@ class AttractorHead(nnx.Module):
 
   def __call__(self, c: jax.Array, *, positions=None, segment_ids=None,
                max_iter: Optional[int] = None, y0: Optional[jax.Array] = None,
-               backward_probe: Optional[jax.Array] = None
+               backward_probe: Optional[jax.Array] = None, **context
                ) -> tuple[jax.Array, solvers.SolverStats]:
-    """Solves for y* given the proposal c `[batch, seq, dim]`.
+    """Solves for y* given the proposal c.
+
+    Call it under `nnx.jit` (or inside a jitted step): an eager call traces
+    the solver loop again every time, and warns once.
 
     Args:
-      c: the backbone's proposal; also the default start y0.
-      positions, segment_ids: as for attention, int `[batch, seq]`.
-      max_iter: overrides the configured step limit; 0 returns c itself.
+      c: the proposal `[batch, seq, dim]` (`[batch, ..., dim]` without
+        attention); also the default start y0.
+      positions: int `[batch, seq]`, read only by rotary embeddings.
+      segment_ids: int `[batch, seq]`: tokens attend within their segment.
+      max_iter: overrides the configured step limit; 0 returns c itself
+        (also forced during Linen init, see `attractor_jax.linen`).
       y0: a warm start (default c).
       backward_probe: see `attractor_jax.backward_probe`.
+      **context: further keyword arguments for your residual modules.
 
     Returns:
-      y* (dtype of c) and the per-sequence solver stats.
+      y* (dtype of c) and the per-example solver stats.
     """
     graphdef, state = nnx.split(self)
+    context = dict(positions=positions, segment_ids=segment_ids, **context)
+    kwargs = self.solve_config.fixed_point_kwargs(effective_max_iter(max_iter))
+    if not (isinstance(kwargs["max_iter"], int) and kwargs["max_iter"] == 0):
+      _warn_if_eager(c, state)
 
     def f(state, y, c):
       head = nnx.merge(graphdef, state)
-      return head.map(y, c, positions=positions, segment_ids=segment_ids)
+      return head.map(y, c, **context)
 
     return solvers.fixed_point(
         f, state, c, c if y0 is None else y0, backward_probe=backward_probe,
-        **self.solve_config.fixed_point_kwargs(max_iter))
+        **kwargs)

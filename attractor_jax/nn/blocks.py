@@ -27,8 +27,11 @@ class BlockSpec:
     mlp: "relu2" or "swiglu".
     norm: "pre" (x + F(norm(x))) or "post" (norm(x + F(x))).
     qk_norm: RMS-normalise queries and keys per head.
-    rope_theta, rope_convention: rotary embeddings ("half" or "interleaved").
-    causal: decoder masking.
+    rope_theta, rope_convention: rotary embeddings ("half" or "interleaved");
+      rope_theta None switches rotary off (positions are then unused).
+    causal: decoder masking, by sequence index (never by position values).
+    attention: False builds MLP-only blocks (no token mixing; num_heads,
+      qk_norm, rotary and causal are then unused).
     norm_eps: RMSNorm epsilon.
     qk_norm_eps: QK-norm epsilon (None: norm_eps).
     gate_max: if set, attention and MLP outputs are scaled per channel by
@@ -45,7 +48,7 @@ class BlockSpec:
   mlp: str = "relu2"
   norm: str = "pre"
   qk_norm: bool = False
-  rope_theta: float = 10000.0
+  rope_theta: Optional[float] = 10000.0
   rope_convention: str = "half"
   causal: bool = True
   norm_eps: float = 1e-5
@@ -56,6 +59,7 @@ class BlockSpec:
   out_init_scale: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  attention: bool = True
 
   def __post_init__(self):
     if self.norm not in NORM_PLACEMENTS:
@@ -86,26 +90,34 @@ class ChannelGate(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Attention then MLP, each with a residual connection."""
+  """Attention then MLP, each with a residual connection.
+
+  With `spec.attention` False the block is its MLP alone (attn, attn_norm and
+  attn_gate are None): it maps `[batch, ..., dim]` to the same shape.
+  """
 
   def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs):
     self.spec = spec
     common = dict(init_std=spec.init_std, out_init_scale=spec.out_init_scale,
                   dtype=spec.dtype, param_dtype=spec.param_dtype, rngs=rngs)
-    self.attn_norm = norms.RMSNorm(spec.dim, eps=spec.norm_eps,
-                                   param_dtype=spec.param_dtype, rngs=rngs)
-    self.attn = attention_lib.Attention(
-        spec.dim, spec.num_heads, qk_norm=spec.qk_norm,
-        rope_theta=spec.rope_theta, rope_convention=spec.rope_convention,
-        norm_eps=spec.norm_eps, qk_norm_eps=spec.qk_norm_eps, **common)
+    self.attn_norm = nnx.data(None)
+    self.attn = nnx.data(None)
+    if spec.attention:
+      self.attn_norm = norms.RMSNorm(spec.dim, eps=spec.norm_eps,
+                                     param_dtype=spec.param_dtype, rngs=rngs)
+      self.attn = attention_lib.Attention(
+          spec.dim, spec.num_heads, qk_norm=spec.qk_norm,
+          rope_theta=spec.rope_theta, rope_convention=spec.rope_convention,
+          norm_eps=spec.norm_eps, qk_norm_eps=spec.qk_norm_eps, **common)
     self.mlp_norm = norms.RMSNorm(spec.dim, eps=spec.norm_eps,
                                   param_dtype=spec.param_dtype, rngs=rngs)
     self.mlp = mlp_lib.MLP(spec.dim, spec.mlp_dim, kind=spec.mlp, **common)
     self.attn_gate = nnx.data(None)
     self.mlp_gate = nnx.data(None)
     if spec.gate_max is not None:
-      self.attn_gate = ChannelGate(spec.dim, spec.gate_max, spec.gate_init,
-                                   spec.param_dtype, rngs=rngs)
+      if spec.attention:
+        self.attn_gate = ChannelGate(spec.dim, spec.gate_max, spec.gate_init,
+                                     spec.param_dtype, rngs=rngs)
       self.mlp_gate = ChannelGate(spec.dim, spec.gate_max, spec.gate_init,
                                   spec.param_dtype, rngs=rngs)
 
@@ -117,7 +129,10 @@ class Block(nnx.Module):
       raise ValueError(f"{method}() needs a pre-norm block.")
 
   def _branch_after_attention(self, x, attn_out):
-    delta = self._gated(self.attn_gate, attn_out).astype(x.dtype)
+    if attn_out is None:
+      delta = jnp.zeros_like(x)
+    else:
+      delta = self._gated(self.attn_gate, attn_out).astype(x.dtype)
     mlp_out = self.mlp(self.mlp_norm(x + delta))
     return delta + self._gated(self.mlp_gate, mlp_out).astype(x.dtype)
 
@@ -128,8 +143,10 @@ class Block(nnx.Module):
     Only defined for pre-norm blocks, whose output is x plus this update.
     """
     self._check_pre_norm("branch")
-    attn_out = self.attn(self.attn_norm(x), causal=self.spec.causal,
-                         positions=positions, segment_ids=segment_ids)
+    attn_out = None
+    if self.attn is not None:
+      attn_out = self.attn(self.attn_norm(x), causal=self.spec.causal,
+                           positions=positions, segment_ids=segment_ids)
     return self._branch_after_attention(x, attn_out)
 
   def branch_cached(self, x: jax.Array, positions: jax.Array, cache):
@@ -138,18 +155,23 @@ class Block(nnx.Module):
     Returns the residual update and the new tokens' (keys, values).
     """
     self._check_pre_norm("branch_cached")
+    if self.attn is None:
+      raise ValueError("branch_cached() needs a block with attention.")
     attn_out, kv = self.attn.attend_cached(self.attn_norm(x), positions, cache,
                                            causal=self.spec.causal)
     return self._branch_after_attention(x, attn_out), kv
 
   def __call__(self, x: jax.Array, *, positions=None, segment_ids=None
                ) -> jax.Array:
-    """x `[batch, seq, dim]` -> the same shape."""
+    """x `[batch, seq, dim]` (MLP-only: `[batch, ..., dim]`) -> the same shape."""
     if self.spec.norm == "pre":
       return x + self.branch(x, positions=positions, segment_ids=segment_ids)
-    kwargs = dict(causal=self.spec.causal, positions=positions,
-                  segment_ids=segment_ids)
-    h = self.attn_norm(x + self._gated(self.attn_gate, self.attn(x, **kwargs)))
+    h = x
+    if self.attn is not None:
+      kwargs = dict(causal=self.spec.causal, positions=positions,
+                    segment_ids=segment_ids)
+      h = self.attn_norm(
+          x + self._gated(self.attn_gate, self.attn(x, **kwargs)))
     return self.mlp_norm(h + self._gated(self.mlp_gate, self.mlp(h)))
 
 

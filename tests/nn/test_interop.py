@@ -13,7 +13,7 @@ from attractor_jax.models import attractor_lm
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn import attractor_head
 from attractor_jax.nn import blocks
-from attractor_jax.nn import linen
+from attractor_jax import linen as attractor_linen
 
 DIM, STEPS = 16, 20
 SPEC = blocks.BlockSpec(dim=DIM, num_heads=2, mlp_dim=32, gate_max=1.0,
@@ -46,7 +46,7 @@ class LinenRegressor(nn.Module):
 
   @nn.compact
   def __call__(self, x, max_iter=None):
-    y, _ = linen.attractor_head_linen(SPEC, 1, SOLVE, name="head")(
+    y, _ = attractor_linen.attractor_head_linen(SPEC, 1, SOLVE, name="head")(
         nn.Dense(DIM)(x), max_iter=max_iter)
     return nn.Dense(1)(y)
 
@@ -77,9 +77,8 @@ def test_head_trains_inside_an_nnx_model():
 def test_head_trains_inside_a_linen_model():
   x, target = regression_data()
   model = LinenRegressor()
-  # Building the parameters needs no solve (max_iter=0: y* = c).
-  params = jax.jit(lambda key: model.init(key, x, max_iter=0))(
-      jax.random.key(0))["params"]
+  # Building the parameters skips the solve by itself.
+  params = jax.jit(model.init)(jax.random.key(0), x)["params"]
   raw = params["head"]["blocks"][0]["attn_gate"]["raw"]
   assert isinstance(raw, nnx.bridge.NNXMeta)       # logical axes travel along
   assert nn.get_partition_spec(raw) == jax.sharding.PartitionSpec("embed")
@@ -111,10 +110,9 @@ def test_attractor_lm_through_the_linen_bridge():
                        out_init_scale=1.0)
   tokens = np.random.default_rng(1).integers(0, 64, (4, 12), dtype=np.int32)
   targets = np.roll(tokens, -1, axis=1)
-  lm = linen.attractor_lm_linen(config)
-  # Building the parameters needs no solve: max_iter=0 decodes c directly.
-  params = jax.jit(lambda key: lm.init(key, tokens, max_iter=0))(
-      jax.random.key(0))["params"]
+  lm = attractor_linen.attractor_lm_linen(config)
+  # Building the parameters skips the solve by itself.
+  params = jax.jit(lm.init)(jax.random.key(0), tokens)["params"]
 
   # The bridged parameters are the NNX model's, by path, shape and dtype.
   nnx_params = nnx.state(nnx.eval_shape(
@@ -147,4 +145,4 @@ def test_attractor_lm_through_the_linen_bridge():
 
 def test_attractor_lm_linen_rejects_other_kinds():
   with pytest.raises(ValueError, match="language_model_linen"):
-    linen.attractor_lm_linen(ModelConfig(kind="gpt"))
+    attractor_linen.attractor_lm_linen(ModelConfig(kind="gpt"))

@@ -84,6 +84,20 @@ def test_causal_attention_hides_the_future_and_non_causal_does_not(qk_norm):
       assert np.all(delta > 0)
 
 
+def test_causal_mask_ignores_position_values():
+  # Positions only rotate queries and keys: constant (or shuffled) positions
+  # must not turn causality off.
+  attn = make_attention()
+  x = random((2, SEQ, DIM))
+  x_changed = x.at[:, 5].add(1.0)
+  for positions in (jnp.zeros((2, SEQ), jnp.int32),
+                    jnp.broadcast_to(jnp.arange(SEQ)[::-1], (2, SEQ))):
+    out = attn(x, causal=True, positions=positions)
+    out_changed = attn(x_changed, causal=True, positions=positions)
+    delta = np.asarray(jnp.max(jnp.abs(out_changed - out), axis=(0, 2)))
+    assert np.all(delta[:5] == 0.0) and np.all(delta[5:] > 0), delta
+
+
 def test_segment_ids_keep_packed_documents_apart():
   attn = make_attention()
   x = random((1, SEQ, DIM))
@@ -99,10 +113,18 @@ def test_segment_ids_keep_packed_documents_apart():
 
 
 def test_attention_mask_rejects_one_sided_segments():
-  positions = jnp.zeros((1, 4), jnp.int32)
+  segments = jnp.zeros((1, 4), jnp.int32)
   with pytest.raises(ValueError, match="segment ids"):
-    attention.attention_mask(positions, positions, causal=True,
-                             q_segment_ids=positions)
+    attention.attention_mask(4, 4, causal=True, q_segment_ids=segments)
+
+
+def test_attention_mask_takes_lengths_not_positions():
+  positions = jnp.zeros((1, 4), jnp.int32)
+  with pytest.raises(TypeError, match="sequence index"):
+    attention.attention_mask(positions, positions, causal=True)
+  # Cached decoding: 2 new queries after 3 earlier keys.
+  mask = np.asarray(attention.attention_mask(2, 5, causal=True))[0, 0]
+  np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
 
 
 def test_mlp_kinds_compute_their_formulas():
