@@ -1,8 +1,11 @@
-"""The README opens with the two commands a new user runs, and CI runs one."""
+"""The README opens with the two commands a new user runs, and CI runs one;
+its examples for integrators run."""
 
 import pathlib
 import re
 import shlex
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,3 +33,32 @@ def test_ci_runs_the_readme_test_command():
   ci = (ROOT / ".ci" / "run").read_text()
   assert "grep -m1 -E '^pip install -e \"\\.\\[test\\]\"' README.md" in ci
   assert 'eval "$test_command"' in ci
+
+
+INTEGRATORS = "## Using the attractor head in your own model"
+
+
+def integrator_examples():
+  """The Python code blocks of the README's section for integrators."""
+  text = (ROOT / "README.md").read_text()
+  assert INTEGRATORS in text, "README.md lacks the section for integrators"
+  start = text.index(INTEGRATORS)
+  end = text.find("\n## ", start + len(INTEGRATORS))
+  section = text[start:end if end >= 0 else len(text)]
+  return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_has_an_nnx_and_a_linen_example_for_integrators():
+  nnx_example, linen_example = integrator_examples()
+  assert "AttractorHead.create(" in nnx_example and "@nnx.jit" in nnx_example
+  assert "attractor_jax import linen as" in linen_example
+  assert "@jax.jit" in linen_example
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["nnx", "linen"])
+def test_readme_integrator_example_runs(index):
+  code = integrator_examples()[index]
+  namespace = {"__name__": f"readme_example_{index}"}
+  exec(compile(code, f"README.md example {index}", "exec"), namespace)  # pylint: disable=exec-used
+  assert float(namespace["loss"]) >= 0
+  assert namespace["stats"].iterations.shape == (8,)
