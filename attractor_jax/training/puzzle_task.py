@@ -212,8 +212,12 @@ class PuzzleTask(tasks.Task):
     xent = jnp.mean(stablemax_cross_entropy(out.logits, labels))
     correct = jnp.argmax(out.logits, axis=-1) == labels
     exact = jnp.all(correct, axis=-1)
-    halt_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(
-        out.q_halt, exact.astype(jnp.float32)))
+    halt_loss = jnp.zeros((), jnp.float32)
+    # A model without a halting head (the transformer: one segment, a
+    # constant "halt" logit) has nothing to learn there.
+    if model.config.supports(reasoning.HALTING):
+      halt_loss = jnp.mean(optax.sigmoid_binary_cross_entropy(
+          out.q_halt, exact.astype(jnp.float32)))
     loss = xent + self.halt_loss_weight * halt_loss + out.aux_loss
     carry = reasoning.detach(carry)
     state = dict(y=carry.y.astype(slots["y"].dtype),

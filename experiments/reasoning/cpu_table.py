@@ -9,7 +9,9 @@ Markdown table of exact accuracy per tier, cell accuracies and wall time:
       --out=experiments/reasoning/results/sudoku_cpu.md
 
 Each run's workdir is kept under --workdir_root (evaluate it again with
-`python -m attractor_jax.evaluate --workdir=...`).
+`python -m attractor_jax.evaluate --workdir=...`). The results also go to
+OUT.json; a later call with --models=... reruns only those models and keeps
+the others' rows.
 """
 
 import argparse
@@ -77,7 +79,11 @@ def main():
   parser.add_argument("extra", nargs="*",
                       help="more --config.* overrides for every run")
   args = parser.parse_args()
+  # Runs of other models from an earlier call stay in the table.
   results = {}
+  if os.path.exists(args.out + ".json"):
+    with open(args.out + ".json") as f:
+      results = json.load(f)
   for variant in args.models.split(","):
     workdir = os.path.join(args.workdir_root, f"{args.puzzle}-{variant}")
     results[variant] = run(args.puzzle, variant, args.steps, workdir,
@@ -85,7 +91,7 @@ def main():
     with open(args.out + ".json", "w") as f:
       json.dump(results, f, indent=2, sort_keys=True)
   tiers = TIERS[args.puzzle]
-  text = table(results, tiers)
+  text = table({v: results[v] for v in MODELS if v in results}, tiers)
   with open(args.out, "w") as f:
     f.write(text + "\n")
   print(text)

@@ -126,7 +126,12 @@ def test_the_other_reasoners_train_through_the_same_entry_point(
   summary = trainer.train_and_evaluate(tiny_config(variant, total_steps=2),
                                        str(tmp_path))
   assert summary["step"] == 2
+  assert summary["train"]["skipped_updates"] == 0
   assert "solver/iterations_mean" not in summary["train"]
+  if variant == "transformer-tiny":
+    # No halting head: no halting loss (its constant logit would add 5).
+    assert summary["train"]["halt_loss"] == 0
+    assert summary["train"]["loss"] < 3.0
   assert summary["test"]["count"] == TEST_PUZZLES
 
 
