@@ -370,9 +370,14 @@ def config_from_public(public_cfg: Mapping[str, Any], **overrides
   public_min_iter = min(int(cfg.get("min_iter", 0)), max_iter)
   min_iter = min(max(public_min_iter - 1, first_test), max_iter)
   tol = float(cfg.get("tol", 1e-3))
+  # anderson_m and anderson_beta are Anderson's alone: the public fpi is
+  # plain, undamped iteration (f^N(c)), so they are not Picard's damping.
+  anderson = {}
+  if solver == "anderson":
+    anderson = dict(history=int(cfg.get("anderson_m", 5)),
+                    mixing=float(cfg.get("anderson_beta", 1.0)))
   solve = attractor_head.SolveConfig(
-      solver=solver, history=int(cfg.get("anderson_m", 5)),
-      mixing=float(cfg.get("anderson_beta", 1.0)), max_iter=max_iter,
+      solver=solver, **anderson, max_iter=max_iter,
       min_iter=min_iter, tol=tol,
       backward="onestep" if backward_type == "onestep" else "implicit",
       backward_solver="anderson" if backward_type == "anderson" else "picard",

@@ -4,8 +4,14 @@
 
 R is the summed residual update of the head's pre-norm blocks, whose attention
 and MLP outputs are gated per channel (small gates keep df/dy small, so f
-contracts). The proposal c is injected at every step, not only as the start.
-The head has no dropout, so the solve always sees a deterministic map.
+contracts); MLP-only blocks, or NNX modules of the user's own, can take their
+place (see `AttractorHead`). The proposal c is injected at every step, not
+only as the start. The head has no dropout, so the solve always sees a
+deterministic map.
+
+Call the head under `nnx.jit`: an eager call traces the solver loop again
+each time (it warns once). Inside `attractor_jax.linen` wrappers the solve is
+skipped during Linen `init` (`solve_skipped`).
 """
 
 from __future__ import annotations
@@ -50,7 +56,8 @@ class SolveConfig:
 
   A field left at its default does what `fixed_point` does when that keyword
   is not passed; `fixed_point_kwargs()` gives the keyword arguments. The
-  language-model presets set their own (`models.config.LM_SOLVE`).
+  language models set their own (the presets, and `models.config.LM_SOLVE`
+  as `ModelConfig`'s default).
 
   Attributes:
     solver: "anderson", "picard", "broyden", or a solver object (for example

@@ -158,3 +158,13 @@ def test_saved_configs_without_the_new_fields_load_unchanged():
       config_lib.config_to_dict(config)) == config
   with pytest.raises(errors.ConfigError, match="Unknown solve field"):
     config_lib.config_from_dict(dict(saved, solve=dict(newton_steps=3)))
+
+
+def test_public_fpi_config_converts_to_undamped_picard():
+  from attractor_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+  public = dict(torch_import.PUBLIC_PRESETS["attractor-small-140m"],
+                solver="fpi", anderson_beta=0.9)
+  solve = torch_import.config_from_public(public).solve
+  # The public fpi is plain iteration: anderson_beta is not its damping.
+  assert solve.solver == "picard"
+  assert solve.fixed_point_kwargs()["damping"] == 1.0
