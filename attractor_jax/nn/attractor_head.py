@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
+import operator
 import warnings
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -200,11 +201,23 @@ class SolveConfig:
     given explicitly, so the solve does what this config says whatever
     `fixed_point`'s defaults are.
     """
-    max_iter = self.max_iter if max_iter is None else max_iter
+    max_iter = self.max_iter if max_iter is None else _static_int(max_iter)
     kwargs = {name: getattr(self, name) for name in _FIXED_POINT_FIELDS}
     kwargs.update(max_iter=max_iter, min_iter=min(self.min_iter, max_iter),
                   **self.solver_options())
     return kwargs
+
+
+def _static_int(max_iter: Any) -> int:
+  """max_iter as a Python int; a traced value gets an error that says why."""
+  try:
+    return operator.index(max_iter)
+  except Exception as err:  # pylint: disable=broad-exception-caught
+    raise TypeError(
+        f"max_iter must be a Python int, known when the step is traced (it "
+        f"sets the solver loop's length); got {type(max_iter).__name__}. "
+        "Under jit pass it as a static argument, e.g. "
+        "nnx.jit(step, static_argnames='max_iter').") from err
 
 
 def fixed_point_keywords() -> dict[str, inspect.Parameter]:

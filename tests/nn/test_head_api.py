@@ -149,6 +149,15 @@ def test_user_module_as_residual_branch():
                                  residual=GraphStep(DIM, nnx.Rngs(1)))
 
 
+def test_traced_max_iter_is_refused_with_the_fix():
+  head = make_head(causal=False, attention=False, num_heads=None)
+  c = random((2, DIM))
+  with pytest.raises(TypeError, match="static_argnames"):
+    nnx.jit(lambda head, c, n: head(c, max_iter=n))(head, c, 3)
+  y, _ = head(c, max_iter=np.int64(0))      # a NumPy integer is fine
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(c))
+
+
 # A head built from a BlockSpec, as before AttractorHead.create existed.
 SPEC = blocks.BlockSpec(DIM, 2, 16, gate_max=1.0, out_init_scale=1.0)
 
