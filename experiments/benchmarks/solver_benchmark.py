@@ -15,16 +15,27 @@ Table 1: forward solves to tolerance with picard, anderson and broyden, on a
 Table 2: one jitted gradient step (loss = mean(y*^2), gradient w.r.t. params
   and c) for backward in (implicit, onestep, unrolled) and max_iter in
   (4, 16, 64), every solve forced to run exactly max_iter steps (tol = 0,
-  forward and backward). Times are measured round-robin over configurations;
-  ratios are relative to implicit at max_iter 4, measured in the same run.
+  forward and backward). The solver is Anderson, except for unrolled, which
+  `fixed_point` allows with Picard only. Times are measured round-robin over
+  configurations; ratios are relative to implicit at max_iter 4, measured in
+  the same run.
+Table 3: the cost of one solver step on a small state, --cost_batch examples
+  of 64 numbers each (--cost_seq x --cost_width): the median wall time of a
+  jitted forward solve forced to run exactly --cost_steps steps (tol = 0),
+  divided by the steps, for picard, anderson and broyden side by side
+  (round-robin), and each relative to picard's. Two maps: the block above
+  (the head's map) and a dense tanh layer, tanh(y W + c) with W 64 x 64, so
+  cheap that the step is almost all solver overhead (the worst case).
 
 Run from the repository root:
 
-  python experiments/benchmarks/solver_benchmark.py          # ~1-2 min, 2 CPUs
+  python experiments/benchmarks/solver_benchmark.py          # ~2-3 min, 2 CPUs
   python experiments/benchmarks/solver_benchmark.py --quick  # smoke, <30 s
+  python experiments/benchmarks/solver_benchmark.py --tables 3  # step cost only
 
---quick shrinks the sizes, runs only the slow map in Table 1 and max_iter 2
-in Table 2 (compilation dominates at that size); explicit flags override it.
+--quick shrinks the sizes, runs only the slow map in Table 1, max_iter 2 in
+Table 2 (compilation dominates at that size) and fewer steps in Table 3;
+explicit flags override it.
 """
 
 import argparse
@@ -39,6 +50,10 @@ from attractor_jax.solvers import probe as probe_lib
 
 SOLVERS = ("picard", "anderson", "broyden")
 BACKWARDS = ("implicit", "onestep", "unrolled")
+# fixed_point refuses to differentiate Anderson's steps (see
+# fixed_point.check_unrolled_solver), so unrolled runs with Picard.
+FORWARD_SOLVER = {"implicit": "anderson", "onestep": "anderson",
+                  "unrolled": "picard"}
 
 
 def init_params(key, width, mlp, gate):
@@ -116,8 +131,9 @@ def make_grad_step(f, backward, max_iter):
   """jit(grad) of mean(y*^2) w.r.t. (params, c, probe); aux: fwd iterations."""
   def loss(params, c, probe):
     y, stats = attractor_jax.fixed_point(
-        f, params, c, c, backward=backward, max_iter=max_iter, tol=0.0,
-        backward_tol=0.0, on_backward_failure="ignore", backward_probe=probe)
+        f, params, c, c, solver=FORWARD_SOLVER[backward], backward=backward,
+        max_iter=max_iter, tol=0.0, backward_tol=0.0,
+        on_backward_failure="ignore", backward_probe=probe)
     return jnp.mean(jnp.square(y)), stats.iterations
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
 
@@ -148,6 +164,64 @@ def backward_table(f, params, c, args):
   return rows
 
 
+def tanh_layer(w, y, c):
+  """The dense DEQ layer tanh(y W + c) on a [batch, seq, width] state."""
+  flat = y.reshape(y.shape[0], -1)
+  return jnp.tanh(flat @ w + c.reshape(flat.shape)).reshape(y.shape)
+
+
+def step_cost_table(args):
+  """Table 3: seconds per solver step on a small state, per map and solver."""
+  key_p, key_c, key_w = jax.random.split(jax.random.PRNGKey(args.seed + 1), 3)
+  dim = args.cost_seq * args.cost_width
+  c = jax.random.normal(key_c, (args.cost_batch, args.cost_seq,
+                                args.cost_width), jnp.float32)
+  w = 0.5 * jax.random.normal(key_w, (dim, dim), jnp.float32) / np.sqrt(dim)
+  heads = max(1, args.cost_width // 8)
+  maps = {
+      "block": (make_map(heads),
+                init_params(key_p, args.cost_width, 4 * args.cost_width,
+                            args.gate)),
+      "tanh layer": (tanh_layer, w),
+  }
+  rows = {}
+  for name, (f, params) in maps.items():
+    solves = {}
+    for solver in SOLVERS:
+      solve = jax.jit(lambda p, cc, f=f, s=solver: attractor_jax.fixed_point(
+          f, p, cc, cc, solver=s, max_iter=args.cost_steps, tol=0.0,
+          divergence_factor=None)[1].num_f_evals)
+      evals = int(solve(params, c))  # warm-up
+      assert evals == args.cost_steps + 1, (name, solver, evals)
+      solves[solver] = solve
+    times = {solver: [] for solver in solves}
+    for _ in range(args.repeats):  # round-robin, so drift hits every row alike
+      for solver, solve in solves.items():
+        start = time.perf_counter()
+        jax.block_until_ready(solve(params, c))
+        times[solver].append(time.perf_counter() - start)
+    per_step = {s: float(np.median(t)) / args.cost_steps
+                for s, t in times.items()}
+    rows[name] = {s: {"seconds_per_step": t,
+                      "vs_picard": t / per_step["picard"]}
+                  for s, t in per_step.items()}
+  return rows
+
+
+def print_step_cost_table(rows, args):
+  """Prints Table 3: microseconds per step and the ratio to Picard."""
+  print(f"\nTable 3: cost of one solver step, {args.cost_batch} examples x "
+        f"{args.cost_seq * args.cost_width} numbers, exactly "
+        f"{args.cost_steps} steps (tol 0)")
+  print(f"{'map':<12}" + "".join(f"{s + ' us':>13}" for s in SOLVERS)
+        + "".join(f"{s + '/picard':>17}" for s in SOLVERS[1:]))
+  for name, row in rows.items():
+    print(f"{name:<12}"
+          + "".join(f"{1e6 * row[s]['seconds_per_step']:>13.2f}"
+                    for s in SOLVERS)
+          + "".join(f"{row[s]['vs_picard']:>17.2f}" for s in SOLVERS[1:]))
+
+
 def print_solver_table(name, rows, args):
   """Prints Table 1 for one map."""
   print(f"\nTable 1 ({name} map): solve to tol {args.tol:g}, "
@@ -163,8 +237,8 @@ def print_solver_table(name, rows, args):
 def print_backward_table(rows, args):
   """Prints Table 2 with ratios to implicit at the smallest max_iter."""
   base = rows[("implicit", args.grad_iters[0])]
-  print(f"\nTable 2: jit(grad) step, solver anderson, exactly max_iter steps; "
-        f"ratios vs implicit@{args.grad_iters[0]}")
+  print(f"\nTable 2: jit(grad) step, solver anderson (picard for unrolled), "
+        f"exactly max_iter steps; ratios vs implicit@{args.grad_iters[0]}")
   print(f"{'backward':<10}{'max_iter':>9}{'fwd it':>8}{'bwd it':>8}"
         f"{'time ms':>10}"
         f"{'x time':>8}{'temp MiB':>10}{'x mem':>8}")
@@ -195,12 +269,19 @@ def parse_args(argv):
   parser.add_argument("--tol", type=float, default=1e-4)
   parser.add_argument("--max_iter", type=int, default=200)
   parser.add_argument("--grad_iters", type=int, nargs="+", default=[4, 16, 64])
+  parser.add_argument("--cost_batch", type=int, default=16)
+  parser.add_argument("--cost_seq", type=int, default=4)
+  parser.add_argument("--cost_width", type=int, default=16)
+  parser.add_argument("--cost_steps", type=int, default=200)
+  parser.add_argument("--tables", nargs="+", type=int, default=[1, 2, 3],
+                      choices=[1, 2, 3])
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quick", action="store_true")
   if parser.parse_args(argv).quick:  # new defaults; explicit flags still win
     parser.set_defaults(batch=2, seq=16, width=32, heads=2, mlp=64,
-                        max_iter=50, maps=["slow"], grad_iters=[2], repeats=2)
+                        max_iter=50, maps=["slow"], grad_iters=[2], repeats=2,
+                        cost_steps=20)
   return parser.parse_args(argv)
 
 
@@ -214,15 +295,20 @@ def main(argv=None):
   key_p, key_c = jax.random.split(jax.random.PRNGKey(args.seed))
   c = jax.random.normal(key_c, (args.batch, args.seq, args.width), jnp.float32)
   results = {"args": vars(args), "solvers": {}}
-  for name in args.maps:
-    gate = args.gate if name == "fast" else args.slow_gate
-    params = init_params(key_p, args.width, args.mlp, gate)
-    rows = solver_table(f, params, c, args)
-    print_solver_table(f"{name}, gate {gate:g}", rows, args)
-    results["solvers"][name] = rows
-  params = init_params(key_p, args.width, args.mlp, args.gate)
-  results["backward"] = backward_table(f, params, c, args)
-  print_backward_table(results["backward"], args)
+  if 1 in args.tables:
+    for name in args.maps:
+      gate = args.gate if name == "fast" else args.slow_gate
+      params = init_params(key_p, args.width, args.mlp, gate)
+      rows = solver_table(f, params, c, args)
+      print_solver_table(f"{name}, gate {gate:g}", rows, args)
+      results["solvers"][name] = rows
+  if 2 in args.tables:
+    params = init_params(key_p, args.width, args.mlp, args.gate)
+    results["backward"] = backward_table(f, params, c, args)
+    print_backward_table(results["backward"], args)
+  if 3 in args.tables:
+    results["step_cost"] = step_cost_table(args)
+    print_step_cost_table(results["step_cost"], args)
   return results
 
 
