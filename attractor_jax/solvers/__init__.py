@@ -8,6 +8,7 @@ from attractor_jax.solvers.base import FixedPointSolver
 from attractor_jax.solvers.broyden import Broyden
 from attractor_jax.solvers.fixed_point import BACKWARD_MODES
 from attractor_jax.solvers.fixed_point import fixed_point
+from attractor_jax.solvers.fixed_point import FixedPointNotConverged
 from attractor_jax.solvers.fixed_point import make_solver
 from attractor_jax.solvers.fixed_point import SOLVERS
 from attractor_jax.solvers.loop import LoopOptions

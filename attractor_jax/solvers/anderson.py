@@ -1,16 +1,35 @@
 """Anderson acceleration (type II) with per-example mixing weights.
 
-Each example keeps the last `history` iterates x_i and residuals g_i and mixes
-them with weights alpha that minimise ||sum_i alpha_i g_i|| subject to
-sum_i alpha_i = 1:
+Each example keeps the last `history` residuals g_i and mixing targets
+y_i + beta g_i, and mixes the targets with weights alpha that minimise
+||sum_i alpha_i g_i|| subject to sum_i alpha_i = 1:
 
-    [[0, 1^T], [1, G G^T + lambda I]] [nu; alpha] = [1; 0]
+    alpha = x / sum(x),   (G G^T + lambda I) x = 1,
 
-The (history + 1)-sized bordered system is solved in the solver's dtype (float32,
-or float64 under x64; never lower) for every example
-separately. lambda is `ridge` times the mean diagonal of the Gram matrix, so
-the regularisation follows the scale of the residuals. Where the system gives
-non-finite or runaway weights, that example takes a plain mixing step instead.
+the solution of the bordered system [[0, 1^T], [1, G G^T + lambda I]]
+[nu; alpha] = [1; 0]. lambda is `ridge` times the mean diagonal of the Gram
+matrix G G^T, so the regularisation follows the scale of the residuals. Where
+the system gives non-finite or runaway weights, that example takes a plain
+mixing step instead.
+
+Cost. On a small state the map is cheap and the solver's own work decides the
+cost of a step, which is mostly the number of separate kernels it launches.
+So the Gram matrix is kept in memory and only the new residual's row and
+column are computed each step (one batched matrix-vector product), and the
+small m x m system (symmetric positive definite for ridge > 0) is solved by
+unrolled Gauss-Jordan elimination without pivoting, a few fused elementwise
+kernels, instead of a batched LU with pivoting (`jnp.linalg.solve`), which
+costs a LAPACK call, two triangular solves and a loop that turns pivots into a
+permutation. Everything is in the solver's dtype (float32, or float64 under
+x64; never lower), and the contractions use full float32 precision.
+
+The weights are computed from stop_gradient(residuals): reverse-mode autodiff
+through a solve (`backward="unrolled"`) differentiates each step with its
+weights held fixed. Differentiating the weights themselves amplifies rounding
+in nearly parallel residuals without bound (gradients of 1e9 where the true
+derivative is of order one); with fixed weights each step is an affine
+combination of f at earlier iterates, whose derivative converges to the
+implicit one as the solve converges.
 """
 
 from __future__ import annotations
@@ -20,11 +39,40 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+_HIGHEST = lax.Precision.HIGHEST
 
 
 class AndersonMemory(NamedTuple):
-  iterates: jax.Array   # [history, batch, dim]
-  residuals: jax.Array  # [history, batch, dim]
+  targets: jax.Array    # [batch, history, dim]: y_i + mixing * g_i
+  residuals: jax.Array  # [batch, history, dim]: g_i
+  gram: jax.Array       # [batch, history, history]: g_i . g_j
+
+
+def solve_small_spd(a: jax.Array, b: jax.Array) -> jax.Array:
+  """x = a^{-1} b for a batch of small symmetric positive definite matrices.
+
+  Gauss-Jordan elimination without pivoting, unrolled over the (static)
+  matrix size: stable for positive definite a. A zero or non-finite pivot
+  gives non-finite entries in x, for the caller to detect.
+
+  Args:
+    a: `[batch, m, m]`.
+    b: `[batch, m]`.
+
+  Returns:
+    `[batch, m]`.
+  """
+  m = a.shape[-1]
+  augmented = jnp.concatenate([a, b[..., None]], axis=-1)   # [batch, m, m+1]
+  eye = jnp.eye(m, dtype=a.dtype)
+  for k in range(m):
+    pivot_row = augmented[:, k, :] / augmented[:, k, k:k + 1]
+    # Row k becomes the pivot row; every other row i loses a[i, k] of it.
+    factor = augmented[:, :, k] - eye[k]
+    augmented = augmented - factor[:, :, None] * pivot_row[:, None, :]
+  return augmented[:, :, m]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +81,10 @@ class Anderson:
 
   Attributes:
     history: number of past iterates mixed (m).
-    mixing: beta; the step is sum_i alpha_i (x_i + beta * g_i). 1 is undamped.
+    mixing: beta; the step is sum_i alpha_i (y_i + beta * g_i). 1 is undamped.
     ridge: Tikhonov term relative to the mean diagonal of the Gram matrix.
     max_weight: weights larger than this in magnitude mark the small system as
-      ill-conditioned; that example falls back to x + beta * g.
+      ill-conditioned; that example falls back to y + beta * g.
   """
 
   history: int = 5
@@ -53,51 +101,48 @@ class Anderson:
       raise ValueError(f"Anderson ridge must be >= 0; got {self.ridge}.")
 
   def init(self, y: jax.Array, g: jax.Array) -> AndersonMemory:
-    shape = (self.history,) + y.shape
-    return AndersonMemory(jnp.zeros(shape, y.dtype), jnp.zeros(shape, y.dtype))
+    batch, dim = y.shape
+    history = jnp.zeros((batch, self.history, dim), y.dtype)
+    return AndersonMemory(
+        targets=history, residuals=history,
+        gram=jnp.zeros((batch, self.history, self.history), y.dtype))
 
   def propose(self, memory, y, g, step):
     m = self.history
     slot = step % m
-    iterates = memory.iterates.at[slot].set(y)
-    residuals = memory.residuals.at[slot].set(g)
-    valid = jnp.arange(m) < jnp.minimum(step + 1, m)          # [m]
-    alpha, ok = self._weights(residuals, valid)               # [batch, m]
-    mixed = (jnp.einsum("bm,mbd->bd", alpha, iterates, precision="highest")
-             + self.mixing * jnp.einsum("bm,mbd->bd", alpha, residuals,
-                                        precision="highest"))
     plain = y + self.mixing * g
+    targets = lax.dynamic_update_index_in_dim(memory.targets, plain, slot, 1)
+    residuals = lax.dynamic_update_index_in_dim(memory.residuals, g, slot, 1)
+    # Only the new residual's row and column of the Gram matrix change.
+    row = jnp.einsum("bmd,bd->bm", lax.stop_gradient(residuals),
+                     lax.stop_gradient(g), precision=_HIGHEST)
+    is_slot = jnp.arange(m) == slot
+    gram = jnp.where(is_slot[:, None], row[:, None, :],
+                     jnp.where(is_slot, row[:, :, None],
+                               lax.stop_gradient(memory.gram)))
+    alpha, ok = self._weights(gram, step)
+    mixed = jnp.einsum("bm,bmd->bd", alpha, targets, precision=_HIGHEST)
     y_next = jnp.where(ok[:, None], mixed, plain)
-    return y_next, AndersonMemory(iterates, residuals)
+    return y_next, AndersonMemory(targets, residuals, gram)
 
-  def _weights(self, residuals, valid):
+  def _weights(self, gram, step):
     """Mixing weights [batch, m] and a per-example flag that they are usable."""
     m = self.history
-    gram = jnp.einsum("ibd,jbd->bij", residuals, residuals,
-                      precision="highest")                     # [batch, m, m]
-    dtype = residuals.dtype
-    valid_f = valid.astype(dtype)
+    dtype = gram.dtype
+    num_valid = jnp.minimum(step + 1, m)
+    valid = (jnp.arange(m) < num_valid).astype(dtype)          # [m]
     eye = jnp.eye(m, dtype=dtype)
-    gram = gram * (valid_f[:, None] * valid_f[None, :])
-    num_valid = jnp.sum(valid_f)
-    scale = jnp.trace(gram, axis1=1, axis2=2) / num_valid     # [batch]
-    lam = self.ridge * scale
-    # Unused slots get an identity row and a zero border, so their weight is 0.
-    gram = gram + lam[:, None, None] * eye * valid_f + eye * (1.0 - valid_f)
+    gram = gram * (valid[:, None] * valid[None, :])
+    scale = jnp.trace(gram, axis1=1, axis2=2) / num_valid.astype(dtype)
+    # Unused slots get an identity row and a zero right-hand side: weight 0.
+    system = (gram + (self.ridge * scale)[:, None, None] * (eye * valid)
+              + eye * (1.0 - valid))
     # A zero history (an example at its fixed point, or frozen) would make the
-    # system singular; its NaN weights are discarded below, but under
-    # reverse-mode autodiff (unrolled solves) they would still poison the
-    # gradient through jnp.where. Solve a harmless system for those rows.
+    # system singular: solve a harmless one and take the plain step.
     usable = scale > 0
-    gram = jnp.where(usable[:, None, None], gram, eye)
-    batch = gram.shape[0]
-    border = jnp.broadcast_to(valid_f, (batch, m))
-    top = jnp.concatenate([jnp.zeros((batch, 1), dtype), border], axis=1)
-    bottom = jnp.concatenate([border[:, :, None], gram], axis=2)
-    system = jnp.concatenate([top[:, None, :], bottom], axis=1)  # [b, m+1, m+1]
-    rhs = jnp.zeros((batch, m + 1), dtype).at[:, 0].set(1.0)
-    solution = jnp.linalg.solve(system, rhs[..., None])[..., 0]
-    alpha = solution[:, 1:]
+    system = jnp.where(usable[:, None, None], system, eye)
+    x = solve_small_spd(system, jnp.broadcast_to(valid, gram.shape[:2]))
+    alpha = x / jnp.sum(x, axis=1, keepdims=True)
     ok = (jnp.all(jnp.isfinite(alpha), axis=1)
           & (jnp.max(jnp.abs(alpha), axis=1) < self.max_weight)
           & usable)

@@ -6,6 +6,12 @@ after each step so that it maps the last change in g to the last change in y.
 H starts at -I, so the first step is a plain Picard step. Each term is built on
 the ones before it, so dropping the oldest would leave the rest inconsistent:
 when the memory is full it is cleared and H restarts from -I.
+
+H is built from stop_gradient(iterates and residuals): reverse-mode autodiff
+through a solve (`backward="unrolled"`) differentiates each step
+y - H g(y) with H held fixed, a quasi-Newton iteration on the tangent
+equation. Differentiating H itself goes through norms of vanishing steps and
+divisions by tiny denominators, which turns the gradient NaN.
 """
 
 from __future__ import annotations
@@ -62,9 +68,10 @@ class Broyden:
     return -x + jnp.einsum("mb,mbd->bd", coeffs, vs, precision="highest")
 
   def propose(self, memory, y, g, step):
+    memory = jax.lax.stop_gradient(memory)
     us, vs = memory.us, memory.vs
-    s = y - memory.prev_y
-    t = g - memory.prev_g
+    s = jax.lax.stop_gradient(y) - memory.prev_y
+    t = jax.lax.stop_gradient(g) - memory.prev_g
     h_t = self._apply(us, vs, t)
     denominator = _rowdot(s, h_t)
     scale = jnp.linalg.norm(s, axis=-1) * jnp.linalg.norm(h_t, axis=-1)

@@ -13,12 +13,29 @@ differ only in how they choose u (or, for `phantom`, what they differentiate):
 All but `unrolled` run through one `jax.custom_vjp`, so a call outside of
 differentiation runs only the forward solve, and training memory does not
 depend on how many iterations ran.
+
+Guards against misuse:
+
+  * The state needs a batch axis. A state whose leaves all have fewer than two
+    axes (a jaxopt-style `[n]` vector) is refused unless `batched` says what it
+    is: `batched=False` solves it as one example, `batched=True` as a batch of
+    one-number examples.
+  * `unrolled` needs `solver="picard"`: differentiating Anderson's or
+    Broyden's step differentiates their small weight solve, which blows up.
+  * `throw=True` raises `FixedPointNotConverged` when an example did not
+    converge.
+  * Options that fix the loop (max_iter, tol, ...) must be static; a traced
+    value gets an error that says so.
+  * The implicit backward solve's non-convergence warning is rate-limited
+    (`BACKWARD_WARNING_INTERVAL_S`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 from typing import Any, Callable, Optional, Union
 
 import jax
@@ -40,6 +57,21 @@ BACKWARD_MODES = ("implicit", "onestep", "jfb", "phantom", "unrolled")
 ON_BACKWARD_FAILURE = ("warn", "nan", "ignore")
 
 logger = logging.getLogger("attractor_jax")
+
+# The implicit backward solve's non-convergence warning is logged at most once
+# per this many seconds; the warnings skipped in between are counted in the
+# next one. Set it to 0 to log every failing step.
+BACKWARD_WARNING_INTERVAL_S = 60.0
+
+
+class FixedPointNotConverged(RuntimeError):
+  """Raised by `fixed_point(..., throw=True)` when the forward solve failed.
+
+  Outside of jit it is raised by the call itself. Under `jax.jit` it is raised
+  from a host callback when the computation runs, and JAX reports it as a
+  runtime error (`jax.errors.JaxRuntimeError`) whose message contains this
+  one.
+  """
 
 
 def make_solver(solver: Union[str, FixedPointSolver], **kwargs
@@ -92,6 +124,9 @@ class BackwardOptions:
   on_failure: str = "warn"
 
   def __post_init__(self):
+    loop.require_static("phantom_steps", self.phantom_steps)
+    loop.require_static("phantom_damping", self.phantom_damping)
+    loop.require_static("onestep_clip", self.onestep_clip)
     if self.mode not in BACKWARD_MODES:
       raise ValueError(f"Unknown backward mode {self.mode!r}; expected one of "
                        f"{list(BACKWARD_MODES)}.")
@@ -131,6 +166,8 @@ def fixed_point(
     phantom_damping: float = 1.0,
     on_backward_failure: str = "warn",
     backward_probe: Optional[jax.Array] = None,
+    batched: Optional[bool] = None,
+    throw: bool = False,
     **solver_options,
 ) -> tuple[PyTree, SolverStats]:
   """Solves y = f(params, y, c) from y0 and differentiates the solution.
@@ -138,14 +175,20 @@ def fixed_point(
   Args:
     f: the map. `y` is a pytree of arrays sharing a leading batch axis; f must
       return the same structure, shapes and dtypes, and treat examples of the
-      batch independently (per-example stopping relies on it).
+      batch independently (per-example stopping relies on it). With
+      `batched=False`, y is the user's unbatched state instead.
     params: any pytree; gradients flow to it.
     c: the injected context (any pytree); gradients flow to it and so to
       whatever produced it.
     y0: the starting state. It receives no gradient, except with `unrolled`.
     solver: "anderson", "picard", "broyden", or a solver object.
     backward: one of "implicit", "onestep", "jfb", "phantom", "unrolled".
+      `unrolled` differentiates every solver step and needs
+      `solver="picard"`: through Anderson's and Broyden's weights the
+      derivative blows up (see `check_unrolled_solver`).
     max_iter: most solver steps; 0 returns y0 unchanged without evaluating f.
+      Like every option that shapes the loop (min_iter, tol, atol, ...), it
+      must be a static Python number, not a value traced by jax.jit.
     tol: per-example relative tolerance: an example converges when
       ||f(y) - y|| <= atol + tol * max(||y0||, ||f(y0)||), a scale fixed at
       the start (see `LoopOptions`). tol = atol = 0 runs exactly max_iter
@@ -168,17 +211,58 @@ def fixed_point(
     backward_probe: optional float32 array from `backward_probe()`. Take the
       gradient with respect to it as well, and `backward_stats` reads the
       backward solve's statistics out of that gradient.
+    batched: whether y0's leading axis is a batch of independent examples.
+      None (the default) assumes it is, but refuses a state whose leaves all
+      have fewer than two axes (shape `[n]` or scalars), which is ambiguous:
+      a jaxopt-style `[n]` state would silently become n one-number examples,
+      each stopping on its own. False: the whole state is one example (any
+      shapes, scalars included); the stats then hold scalars per field. True:
+      the leading axis is the batch even for `[n]` states.
+    throw: raise `FixedPointNotConverged` if any example of the forward solve
+      did not converge (not with max_iter=0, which solves nothing). Outside
+      of jit the call raises; under jit a host callback raises when the
+      computation runs, which JAX reports as a `JaxRuntimeError` carrying the
+      message (see `FixedPointNotConverged`).
     **solver_options: constructor options of a named solver (for example
       `history=5, mixing=0.9` for Anderson).
 
   Returns:
     (y_star, stats): the solution in y0's structure and dtypes, and the
     forward solve's per-example `SolverStats`.
+
+  Raises:
+    ValueError: an unbatched state without `batched`, `unrolled` with
+      Anderson or Broyden, or an invalid option.
+    TypeError: an option that must be static (max_iter, tol, ...) is traced.
+    FixedPointNotConverged: with `throw=True`, see above.
   """
+  for name, value in (("max_iter", max_iter), ("min_iter", min_iter),
+                      ("tol", tol), ("atol", atol),
+                      ("divergence_factor", divergence_factor),
+                      ("backward_max_iter", backward_max_iter),
+                      ("backward_tol", backward_tol)):
+    loop.require_static(name, value)
+  if batched is None:
+    _check_batch_axis(y0)
+  elif not batched:
+    y, stats = fixed_point(
+        _batched_map(f), params, c, _add_batch_axis(y0), solver=solver,
+        backward=backward, max_iter=max_iter, tol=tol, atol=atol,
+        min_iter=min_iter, divergence_factor=divergence_factor,
+        track_best=track_best, trace=trace, backward_solver=backward_solver,
+        backward_max_iter=backward_max_iter, backward_tol=backward_tol,
+        onestep_clip=onestep_clip, phantom_steps=phantom_steps,
+        phantom_damping=phantom_damping,
+        on_backward_failure=on_backward_failure,
+        backward_probe=backward_probe, batched=True, throw=throw,
+        **solver_options)
+    return _remove_batch_axis(y), _unbatched_stats(stats)
   options = loop.LoopOptions(max_iter=max_iter, tol=tol, min_iter=min_iter,
                              track_best=track_best, trace=trace, atol=atol,
                              divergence_factor=divergence_factor)
   forward_solver = make_solver(solver, **solver_options)
+  if backward == "unrolled":
+    check_unrolled_solver(forward_solver)
   backward_options = BackwardOptions(
       mode=backward,
       solver=make_solver(backward_solver),
@@ -200,6 +284,8 @@ def fixed_point(
   if backward == "unrolled":
     y_flat, stats = loop.solve_unrolled(
         lambda y: f_flat(params, y, c), y0_flat, forward_solver, options)
+    if throw:
+      _throw_if_not_converged(stats, options)
     return spec.unflatten(y_flat), stats
 
   # Hoist values that f closes over (tracers inside jit or grad) into explicit
@@ -210,7 +296,111 @@ def fixed_point(
   config = _Config(forward_solver, options, backward_options)
   y_flat, stats = _solve(closed_f, config, params, consts, c, y0_flat,
                          backward_probe)
+  if throw:
+    _throw_if_not_converged(stats, options)
   return spec.unflatten(y_flat), stats
+
+
+def check_unrolled_solver(solver: FixedPointSolver) -> None:
+  """Refuses the solvers whose steps `backward="unrolled"` cannot differentiate.
+
+  Anderson's step mixes earlier iterates with weights from a small, often
+  nearly singular linear solve, and Broyden's divides by inner products of
+  vanishing steps. Differentiating those gives gradients of 1e9 (measured on
+  a 4-dimensional linear contraction whose true derivative is -132) or NaN;
+  holding the weights fixed (which the solvers do, see `Anderson`) keeps the
+  gradient bounded but still leaves errors of tens of percent, because the
+  weights are tuned to the forward residuals, not the tangent's. Plain
+  (optionally damped) iteration has neither problem: its unrolled gradient
+  converges to the implicit one at the forward solve's own rate.
+  """
+  if isinstance(solver, (Anderson, Broyden)):
+    name = type(solver).__name__
+    raise ValueError(
+        f"backward='unrolled' differentiates every solver step, and {name}'s "
+        "steps cannot be differentiated reliably (its weights come from a "
+        "small, nearly singular solve: gradients of 1e9 where the truth is of "
+        "order one). For an unrolled gradient pass solver='picard' (with "
+        "damping=... if plain iteration oscillates); for the exact gradient "
+        f"with {name}, use backward='implicit'.")
+
+
+def _check_batch_axis(y0: PyTree) -> None:
+  """Refuses a state with no leaf of two or more axes (batched=None)."""
+  shapes = [tuple(jnp.shape(leaf)) for leaf in jax.tree_util.tree_leaves(y0)]
+  if shapes and all(len(shape) < 2 for shape in shapes):
+    raise ValueError(
+        f"fixed_point: the state y0 has leaf shape(s) {shapes}, with no batch "
+        "axis that can be told apart from the state: fixed_point treats axis "
+        "0 as a batch of independent examples, each stopping on its own, so "
+        "a single state of shape [n] would be solved as n one-number "
+        "examples. Add a batch axis (y0[None], and make f map [1, n] to "
+        "[1, n]), or pass batched=False to solve the whole state as one "
+        "example; if axis 0 really is a batch of one-number examples, pass "
+        "batched=True.")
+
+
+def _add_batch_axis(tree: PyTree) -> PyTree:
+  return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], tree)
+
+
+def _remove_batch_axis(tree: PyTree) -> PyTree:
+  return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def _batched_map(f: Callable[..., PyTree]) -> Callable[..., PyTree]:
+  """f on an unbatched state, as a map of a batch of one example."""
+
+  def batched_f(params, y, c):
+    return _add_batch_axis(f(params, _remove_batch_axis(y), c))
+
+  return batched_f
+
+
+def _unbatched_stats(stats: SolverStats) -> SolverStats:
+  """Stats of a batch of one, with the batch axis removed."""
+  return stats._replace(
+      iterations=stats.iterations[0], residual=stats.residual[0],
+      converged=stats.converged[0], nonfinite=stats.nonfinite[0],
+      diverged=None if stats.diverged is None else stats.diverged[0],
+      trace=None if stats.trace is None else stats.trace[:, 0])
+
+
+def _throw_if_not_converged(stats: SolverStats,
+                            options: loop.LoopOptions) -> None:
+  """Raises FixedPointNotConverged now, or from the device under tracing."""
+  if options.max_iter == 0:
+    return  # nothing was solved, on purpose
+  values = (stats.converged, stats.diverged, stats.nonfinite, stats.residual)
+  try:
+    concrete = [np.asarray(v) for v in values]
+  except (jax.errors.TracerArrayConversionError,
+          jax.errors.ConcretizationTypeError):
+    concrete = None  # traced (jit, grad, vmap): check when the values exist
+  if concrete is None:
+    jax.debug.callback(
+        lambda *v: _raise_if_not_converged(*v, options=options), *values)
+  else:
+    _raise_if_not_converged(*concrete, options=options)
+
+
+def _raise_if_not_converged(converged, diverged, nonfinite, residual, *,
+                            options):
+  # Under vmap the callback sees batched values: reduce them here.
+  converged = np.asarray(converged)
+  if np.all(converged):
+    return
+  failed = ~converged
+  residual = np.asarray(residual, np.float64)
+  worst = np.nanmax(np.where(failed, residual, -np.inf), initial=-np.inf)
+  raise FixedPointNotConverged(
+      f"fixed_point did not converge for {int(np.sum(failed))} of "
+      f"{converged.size} example(s) ({int(np.sum(diverged))} diverged, "
+      f"{int(np.sum(nonfinite))} non-finite; worst relative residual "
+      f"{worst:.3g} against tol={options.tol:g}, atol={options.atol:g}, "
+      f"after at most max_iter={options.max_iter} steps). Raise max_iter, "
+      "loosen tol, or try another solver or damping; or pass throw=False and "
+      "read stats.converged.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,17 +485,59 @@ def _cotangent_u(closed_f, options, params, consts, c, y_star, v, probe):
   return u, probe_lib.probe_cotangent(stats, probe)
 
 
+class _RateLimit:
+  """Lets a warning through at most once per interval; counts the rest."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.reset()
+
+  def reset(self) -> None:
+    """Forgets the last warning: the next one is logged (used by tests)."""
+    self._last = None
+    self._skipped_steps = 0
+    self._skipped_examples = 0
+
+  def admit(self, num_examples: int, interval: float, now: float
+            ) -> Optional[tuple[int, int]]:
+    """None to skip this warning, else (steps, examples) skipped before it."""
+    with self._lock:
+      if self._last is not None and now - self._last < interval:
+        self._skipped_steps += 1
+        self._skipped_examples += num_examples
+        return None
+      skipped = (self._skipped_steps, self._skipped_examples)
+      self._last = now
+      self._skipped_steps = self._skipped_examples = 0
+      return skipped
+
+
+_BACKWARD_WARNING = _RateLimit()
+
+
 def _warn_if_failed(num_failed, num_diverged, worst_residual, max_iter):
   # Under vmap the callback sees batched values: reduce them here.
   num_failed = int(np.sum(num_failed))
-  if num_failed > 0:
-    logger.warning(
-        "fixed_point: the implicit backward solve did not converge for %d "
-        "example(s) (%d diverged; worst relative residual %.3g, at most %d "
-        "steps); their gradients are approximate. Raise backward_max_iter or "
-        "loosen backward_tol, or pass on_backward_failure='nan' to drop them.",
-        num_failed, int(np.sum(num_diverged)), float(np.max(worst_residual)),
-        int(np.max(max_iter)))
+  if num_failed == 0:
+    return
+  skipped = _BACKWARD_WARNING.admit(num_failed, BACKWARD_WARNING_INTERVAL_S,
+                                    time.monotonic())
+  if skipped is None:
+    return
+  skipped_steps, skipped_examples = skipped
+  since = ""
+  if skipped_steps:
+    since = (f" Since the last such warning, {skipped_steps} more solve(s) "
+             f"failed for {skipped_examples} example(s) in all.")
+  logger.warning(
+      "fixed_point: the implicit backward solve did not converge for %d "
+      "example(s) (%d diverged; worst relative residual %.3g, at most %d "
+      "steps); their gradients are approximate. Raise backward_max_iter or "
+      "loosen backward_tol, or pass on_backward_failure='nan' to drop them.%s "
+      "(Logged at most once every %g s; a backward_probe counts every "
+      "failure.)",
+      num_failed, int(np.sum(num_diverged)), float(np.max(worst_residual)),
+      int(np.max(max_iter)), since, BACKWARD_WARNING_INTERVAL_S)
 
 
 _solve.defvjp(_solve_fwd, _solve_bwd)

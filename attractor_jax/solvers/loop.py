@@ -2,9 +2,10 @@
 
 `solve` runs a `lax.while_loop` that stops as soon as every example is done
 (converged after `min_iter`, non-finite or diverged) or at `max_iter`;
-`solve_unrolled` runs the same step as a fixed-length `lax.scan` so
-reverse-mode autodiff can go through it (baselines and tests). Neither syncs
-with the host.
+`solve_unrolled` runs the same step in a `lax.scan` of length `max_iter` so
+reverse-mode autodiff can go through it (baselines and tests), and skips the
+steps after every example is done, as the while loop stops there. Neither
+syncs with the host.
 
 Per step, each example that is not done takes the solver's proposal; a done
 example keeps its state, residual and iteration count. The map is evaluated on
@@ -35,6 +36,23 @@ Map = Callable[[jax.Array], jax.Array]
 
 # ||y|| or ||f(y) - y|| beyond this times the start scale: diverged.
 DEFAULT_DIVERGENCE_FACTOR = 1e4
+
+
+def require_static(name: str, value: Any) -> None:
+  """Refuses a traced value for an option that shapes the loop.
+
+  The step limit and stopping rule are fixed when the solve is traced, so a
+  max_iter or tol passed through `jax.jit` as an argument cannot work; say so
+  instead of failing with a TracerBoolConversionError deep inside.
+  """
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f"{name} must be a static Python number, but it is a traced value "
+        f"({value.aval.str_short()}): it was probably passed through jax.jit "
+        "(or vmap, grad, scan) as an argument. The solver's step limit and "
+        "stopping rule are fixed when it is traced. Make it static, e.g. "
+        f"jax.jit(fn, static_argnames=('{name}',)) or "
+        "functools.partial(fn, ...) before jitting, or pass a Python number.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +97,8 @@ class LoopOptions:
   divergence_factor: Optional[float] = DEFAULT_DIVERGENCE_FACTOR
 
   def __post_init__(self):
+    for field in dataclasses.fields(self):
+      require_static(field.name, getattr(self, field.name))
     if self.max_iter < 0:
       raise ValueError(f"max_iter must be >= 0; got {self.max_iter}.")
     if not 0 <= self.min_iter <= max(self.max_iter, 0):
@@ -214,6 +234,7 @@ def solve(f: Map, y0: jax.Array, solver: FixedPointSolver,
 
   With `max_iter=0` nothing is evaluated: y0 comes back with NaN residuals.
   """
+  _check_matrix(y0)
   if options.max_iter == 0:
     return _unsolved(y0, options)
   state = _initial_state(f, y0, solver, options)
@@ -228,14 +249,36 @@ def solve(f: Map, y0: jax.Array, solver: FixedPointSolver,
 def solve_unrolled(f: Map, y0: jax.Array, solver: FixedPointSolver,
                    options: LoopOptions
                    ) -> tuple[jax.Array, stats_lib.SolverStats]:
-  """Like `solve`, but always runs `max_iter` steps in a differentiable scan.
+  """Like `solve`, but in a `lax.scan` that reverse-mode autodiff goes through.
 
-  Done examples are frozen exactly as in `solve`, so both give the same
-  values; reverse-mode memory grows linearly with `max_iter`.
+  Done examples are frozen exactly as in `solve`, and once every example is
+  done the remaining steps are skipped (a `lax.cond`: f is not evaluated,
+  forward or backward), so both give the same values and stats. Reverse-mode
+  memory grows linearly with `max_iter` all the same. Under `jax.vmap` the
+  cond becomes a select and every step runs.
+
+  Differentiating a step differentiates the solver's proposal: the solvers
+  here hold their mixing weights (Anderson) or inverse-Jacobian estimate
+  (Broyden) fixed under autodiff, which keeps gradients bounded but not
+  accurate; `fixed_point` allows `unrolled` with Picard only.
   """
+  _check_matrix(y0)
   if options.max_iter == 0:
     return _unsolved(y0, options)
   state = _initial_state(f, y0, solver, options)
-  state, _ = lax.scan(lambda s, _: (_step(f, solver, options, s), None),
-                      state, None, length=options.max_iter)
+
+  def body(state, _):
+    state = lax.cond(jnp.all(state.done), lambda s: s,
+                     lambda s: _step(f, solver, options, s), state)
+    return state, None
+
+  state, _ = lax.scan(body, state, None, length=options.max_iter)
   return _finish(state, options)
+
+
+def _check_matrix(y0: jax.Array) -> None:
+  if jnp.ndim(y0) != 2:
+    raise ValueError(
+        f"The solve loop works on a [batch, dim] matrix; got shape "
+        f"{jnp.shape(y0)}. Use fixed_point for other states (any pytree "
+        "with a leading batch axis, or batched=False for a single example).")

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import importlib
 import logging
 from typing import Any, NamedTuple
 
@@ -12,6 +13,9 @@ import pytest
 
 import attractor_jax
 from attractor_jax import fixed_point
+
+# The module (attractor_jax.solvers.fixed_point is the function).
+fixed_point_lib = importlib.import_module("attractor_jax.solvers.fixed_point")
 
 BATCH = 4
 DIM = 6
@@ -417,6 +421,7 @@ def test_backward_failure_nan_marks_failed_examples():
 
 
 def _warnings(caplog, w, c, **kwargs):
+  fixed_point_lib._BACKWARD_WARNING.reset()  # the warning is rate-limited
   caplog.clear()
   with caplog.at_level(logging.WARNING, logger="attractor_jax"):
     result = _fp_grads(w, c, on_backward_failure="warn", **kwargs)

@@ -271,8 +271,9 @@ def test_max_iter_zero_gradient_reaches_y0_only(backward):
   y0 = 0.3 * jnp.ones_like(c)
 
   def loss(w, c, y0):
+    solver = "picard" if backward == "unrolled" else "anderson"
     y, _ = attractor_jax.fixed_point(tanh_map, w, c, y0, max_iter=0,
-                                     backward=backward)
+                                     backward=backward, solver=solver)
     return jnp.sum(y * y)
 
   grad_w, grad_c, grad_y0 = jax.grad(loss, argnums=(0, 1, 2))(w, c, y0)
@@ -618,9 +619,11 @@ def test_unrolled_gradient_is_finite_through_frozen_examples(name):
   c = _context(jnp.float32).at[0].set(0.0)   # example 0: y0 = f(y0) = 0
 
   def loss(w):
-    y, _ = attractor_jax.fixed_point(lambda w, y, c: jnp.tanh(y @ w + c), w,
-                                     c, jnp.zeros_like(c), backward="unrolled",
-                                     solver=name, max_iter=30, tol=1e-5)
+    # fixed_point allows unrolled with Picard only; the loop takes any solver.
+    solver = solvers.make_solver(name)
+    y, _ = loop.solve_unrolled(lambda y: jnp.tanh(y @ w + c),
+                               jnp.zeros_like(c), solver,
+                               loop.LoopOptions(max_iter=30, tol=1e-5))
     return jnp.sum(y ** 2)
 
   grad = jax.jit(jax.grad(loss))(w)
