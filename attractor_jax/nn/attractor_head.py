@@ -79,6 +79,11 @@ class SolveConfig:
       solve (a name or a solver object; None: max_iter, tol).
     onestep_clip, phantom_steps, phantom_damping, on_backward_failure: as in
       `fixed_point`.
+    batched: whether the state's leading axis is a batch of independent
+      examples (None: it is, and a state with fewer than two axes is
+      refused; see `fixed_point`). A head's c `[batch, ..., dim]` always is.
+    throw: raise `FixedPointNotConverged` when the forward solve does not
+      converge (see `fixed_point`).
   Options a solver does not take must stay at their defaults: for example
   `mixing` with solver="picard" is refused (Picard's step is `damping`).
   """
@@ -108,6 +113,8 @@ class SolveConfig:
   damping: float = Picard.damping
   broyden_history: int = Broyden.history
   min_denominator: float = Broyden.min_denominator
+  batched: Optional[bool] = None
+  throw: bool = False
 
   def __post_init__(self):
     """Checks names and ranges here, not at the first jitted step.
@@ -130,12 +137,14 @@ class SolveConfig:
             "(A solver object saved to JSON cannot be restored: save its name "
             "and options instead.)")
     choices = dict(backward=tuple(solvers.BACKWARD_MODES),
-                   on_backward_failure=tuple(ON_BACKWARD_FAILURE))
+                   on_backward_failure=tuple(ON_BACKWARD_FAILURE),
+                   batched=(None, True, False), throw=(True, False),
+                   track_best=(True, False), trace=(True, False))
     for name, known in choices.items():
       if getattr(self, name) not in known:
         raise errors.ConfigError(
             f"Unknown solve.{name} {getattr(self, name)!r}; expected one of "
-            f"{', '.join(known)}.")
+            f"{', '.join(map(str, known))}.")
     checks = (
         ("history", self.history >= 1, ">= 1"),
         ("mixing", 0 < self.mixing <= 1, "in (0, 1]"),

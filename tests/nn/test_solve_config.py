@@ -3,7 +3,7 @@ options that never stand in for another solver's, presets and saved configs
 unchanged."""
 
 import dataclasses
-import inspect
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +168,23 @@ def test_public_fpi_config_converts_to_undamped_picard():
   # The public fpi is plain iteration: anderson_beta is not its damping.
   assert solve.solver == "picard"
   assert solve.fixed_point_kwargs()["damping"] == 1.0
+
+
+def test_throw_and_batched_reach_fixed_point():
+  keywords = attractor_head.fixed_point_keywords()
+  if "throw" not in keywords or "batched" not in keywords:
+    pytest.skip("this fixed_point has no throw / batched options")
+  fixed_point_lib = importlib.import_module("attractor_jax.solvers.fixed_point")
+
+  def head(**options):
+    return attractor_head.AttractorHead.create(
+        dim=4, mlp_dim=8, causal=False, attention=False,
+        solve_config=SolveConfig(solver="picard", **options), rngs=nnx.Rngs(0))
+
+  c = jax.random.normal(jax.random.key(0), (2, 4))
+  with pytest.raises(fixed_point_lib.FixedPointNotConverged):
+    head(max_iter=1, tol=1e-9, throw=True)(c)          # outside of jit
+  _, stats = nnx.jit(lambda head, c: head(c))(head(batched=False), c)
+  assert stats.iterations.shape == ()                  # one example
+  with pytest.raises(errors.ConfigError, match="solve.batched"):
+    SolveConfig(batched="yes")
