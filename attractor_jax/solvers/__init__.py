@@ -10,6 +10,7 @@ from attractor_jax.solvers.fixed_point import BACKWARD_MODES
 from attractor_jax.solvers.fixed_point import fixed_point
 from attractor_jax.solvers.fixed_point import FixedPointNotConverged
 from attractor_jax.solvers.fixed_point import make_solver
+from attractor_jax.solvers.fixed_point import set_backward_warning_interval
 from attractor_jax.solvers.fixed_point import SOLVERS
 from attractor_jax.solvers.loop import LoopOptions
 from attractor_jax.solvers.loop import solve

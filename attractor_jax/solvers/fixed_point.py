@@ -27,7 +27,7 @@ Guards against misuse:
   * Options that fix the loop (max_iter, tol, ...) must be static; a traced
     value gets an error that says so.
   * The implicit backward solve's non-convergence warning is rate-limited
-    (`BACKWARD_WARNING_INTERVAL_S`).
+    (`set_backward_warning_interval`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ logger = logging.getLogger("attractor_jax")
 
 # The implicit backward solve's non-convergence warning is logged at most once
 # per this many seconds; the warnings skipped in between are counted in the
-# next one. Set it to 0 to log every failing step.
+# next one. Change it with `set_backward_warning_interval`.
 BACKWARD_WARNING_INTERVAL_S = 60.0
 
 
@@ -519,6 +519,20 @@ class _RateLimit:
 
 
 _BACKWARD_WARNING = _RateLimit()
+
+
+def set_backward_warning_interval(seconds: float) -> None:
+  """Logs the backward non-convergence warning at most once per `seconds`.
+
+  The default is 60 s; 0 logs every failing solve. The limit is shared by
+  every `fixed_point` in the process; the next failure after this call is
+  logged.
+  """
+  global BACKWARD_WARNING_INTERVAL_S
+  if not seconds >= 0:
+    raise ValueError(f"The warning interval must be >= 0; got {seconds}.")
+  BACKWARD_WARNING_INTERVAL_S = float(seconds)
+  _BACKWARD_WARNING.reset()
 
 
 def _warn_if_failed(num_failed, num_diverged, worst_residual, max_iter):

@@ -233,6 +233,14 @@ def test_backward_failure_warning_is_rate_limited(caplog, monkeypatch):
   (second,) = messages(1)
   assert "9 more solve(s) failed for 27 example(s)" in second
   assert len(messages(3)) == 3
+  # The public setter (which also forgets the last warning).
+  try:
+    solvers.set_backward_warning_interval(3600)
+    assert len(messages(3)) == 1
+    with pytest.raises(ValueError, match=">= 0"):
+      solvers.set_backward_warning_interval(-1)
+  finally:
+    solvers.set_backward_warning_interval(60.0)
 
 
 # Anderson's cost on small states.
