@@ -17,6 +17,7 @@ from attractor_jax.solvers import backward_probe
 from attractor_jax.solvers import backward_stats
 from attractor_jax.solvers import Broyden
 from attractor_jax.solvers import fixed_point
+from attractor_jax.solvers import FixedPointNotConverged
 from attractor_jax.solvers import Picard
 from attractor_jax.solvers import SolverStats
 
@@ -32,7 +33,8 @@ _LAZY = {
 }
 
 __all__ = ["Anderson", "backward_probe", "backward_stats", "Broyden",
-           "fixed_point", "Picard", "SolverStats", *_LAZY]
+           "fixed_point", "FixedPointNotConverged", "Picard", "SolverStats",
+           *_LAZY]
 
 
 def __getattr__(name):
