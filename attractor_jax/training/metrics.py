@@ -313,8 +313,9 @@ def summarize_solver_stats(stats, prefix: str = "solver/"
   """Scalars of a `SolverStats` (from `SolverStats.summary`), or {} for None.
 
   Keys: iterations_mean/max, residual_mean/max, converged_fraction,
-  nonfinite_count, diverged_count, num_f_evals, each with `prefix`. Stats stacked over extra
-  leading axes (micro-batches) reduce over all of them.
+  nonfinite_count, diverged_count, not_converged_count, num_f_evals, each
+  with `prefix`. Stats stacked over extra leading axes (micro-batches)
+  reduce over all of them.
   """
   if stats is None:
     return {}

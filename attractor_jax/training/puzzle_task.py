@@ -137,6 +137,8 @@ class PuzzleTask(tasks.Task):
 
   @classmethod
   def from_config(cls, config):
+    from attractor_jax.configs import puzzle as puzzle_configs
+    puzzle_configs.check_fields(config)    # a clear error, not AttributeError
     return cls(puzzle=config.data.puzzle,
                max_segments=model_config_from(config).max_segments,
                exploration_prob=float(config.halting.exploration_prob),

@@ -171,5 +171,10 @@ def test_configs_resolve_variants_and_refuse_bad_ones():
   config.halting.weight = 1.0
   with pytest.raises(errors.ConfigError, match=r"halting\.weight"):
     experiment.validate_config(config)
+  config = sudoku_configs.get_config("tiny")
+  del config["halting"]                  # read by the task before validation
+  with pytest.raises(errors.ConfigError,
+                     match=r"lacks field\(s\) \['halting'\]"):
+    experiment.validate_config(config)
   model_config = experiment.validate_config(sudoku_configs.get_config("tiny"))
   assert model_config.kind == "attractor_reasoner"
