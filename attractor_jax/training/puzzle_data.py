@@ -139,19 +139,34 @@ def augment(puzzle: str, inputs: np.ndarray, labels: np.ndarray,
 class TrainStream:
   """Endless training batches {"inputs", "labels"} of a `PuzzleSet`.
 
+  Multi-host: every process draws the same global batch of
+  `batch_size * shard_count` rows and keeps rows
+  `[shard_index * batch_size, (shard_index + 1) * batch_size)`, so the
+  global batch (the processes' rows stacked in process order) does not
+  depend on how many processes share it.
+
   Args:
     data: the training split.
-    batch_size: rows per batch.
+    batch_size: rows per batch of this process.
     seed: fixes the epoch orders and the rearrangements.
     augment: draw a random rearrangement of every row (training only).
+    shard_index, shard_count: this process and the number of processes
+      (typically `jax.process_index()`, `jax.process_count()`).
   """
 
   def __init__(self, data: PuzzleSet, batch_size: int, seed: int, *,
-               augment: bool = True):
+               augment: bool = True, shard_index: int = 0,
+               shard_count: int = 1):
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard_index {shard_index} is outside "
+                       f"[0, {shard_count}).")
     self._data = data
     self._batch_size = batch_size
+    self._global_batch = batch_size * shard_count
+    self._rows = slice(shard_index * batch_size,
+                       (shard_index + 1) * batch_size)
     self._seed = seed
     self._augment = augment
     self._epoch = 0
@@ -165,7 +180,7 @@ class TrainStream:
     return rng.permutation(len(self._data))
 
   def __next__(self) -> dict[str, np.ndarray]:
-    rows, need = [], self._batch_size
+    rows, need = [], self._global_batch
     rng = np.random.default_rng([self._seed, self._epoch, 1 + self._position])
     while need:
       order = self._order(self._epoch)
@@ -179,7 +194,7 @@ class TrainStream:
     inputs, labels = self._data.inputs[index], self._data.labels[index]
     if self._augment:
       inputs, labels = augment(self._data.puzzle, inputs, labels, rng)
-    return {"inputs": inputs, "labels": labels}
+    return {"inputs": inputs[self._rows], "labels": labels[self._rows]}
 
   def get_state(self) -> dict[str, Any]:
     return {"epoch": self._epoch, "position": self._position}

@@ -177,8 +177,10 @@ class PuzzleTask(tasks.Task):
     train = puzzle_data.load(self.puzzle, "train")
     test = puzzle_data.load(self.puzzle, "test")
     return PuzzleData(
-        train=puzzle_data.TrainStream(train, config.batch_size, config.seed,
-                                      augment=config.data.augment),
+        train=puzzle_data.TrainStream(
+            train, config.batch_size, config.seed,
+            augment=config.data.augment, shard_index=jax.process_index(),
+            shard_count=jax.process_count()),
         test=test, validation=test.spread(config.eval_examples or None),
         eval_batch_size=config.eval_batch_size)
 

@@ -57,6 +57,22 @@ def test_the_stream_is_a_function_of_seed_and_position():
       assert sudoku.is_solution(answer, grid)
 
 
+def test_processes_split_the_global_batch_of_a_single_process():
+  data = puzzle_data.load("sudoku", "train").subset(20)
+  whole = puzzle_data.TrainStream(data, 8, seed=1)
+  shards = [puzzle_data.TrainStream(data, 4, seed=1, shard_index=i,
+                                    shard_count=2) for i in range(2)]
+  for _ in range(4):                      # crosses an epoch
+    want = next(whole)
+    got = [next(shard) for shard in shards]
+    for key in ("inputs", "labels"):
+      np.testing.assert_array_equal(
+          np.concatenate([g[key] for g in got]), want[key])
+  assert shards[1].get_state() == whole.get_state()
+  with pytest.raises(ValueError, match="outside"):
+    puzzle_data.TrainStream(data, 4, seed=1, shard_index=2, shard_count=2)
+
+
 def test_the_epoch_order_draws_every_puzzle_once():
   data = puzzle_data.load("maze", "train").subset(12)
   stream = puzzle_data.TrainStream(data, 4, seed=0, augment=False)
