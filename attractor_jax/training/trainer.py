@@ -1,10 +1,12 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-One step is `train_step` below: forward, loss, backward (implicit through the
-attractor head), optimizer update with non-finite updates skipped, metrics.
-The loop around it resumes from the latest checkpoint of the workdir (model,
-optimizer and data position), logs, evaluates, checkpoints, and at the end
-sweeps test-time depth and prints a sample.
+One step is `train_step` below: the task's forward and loss, backward
+(implicit through an attractor head), optimizer update with non-finite
+updates skipped, metrics. The loop around it resumes from the latest
+checkpoint of the workdir (model, optimizer, the task's carried arrays and
+data position), logs, evaluates, checkpoints, and at the end runs the task's
+`finish` (the LM's depth sweep and sample; the puzzles' whole test set).
+What depends on the data is the task's (`tasks.Task`).
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def _restore(state: TrainState, checkpointer, model_config, data_iterator):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: Optional[int] = None) -> dict[str, Any]:
-  """Trains (resuming if the workdir has checkpoints), evaluates, samples.
+  """Trains (resuming if the workdir has checkpoints), then evaluates.
 
   Holds the workdir's lock throughout (a second trainer is refused). On
   SIGTERM the current step finishes, a checkpoint is saved and made durable,
@@ -208,14 +210,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   run, so the good ones are never rotated out.
 
   Args:
-    config: a config of `attractor_jax/configs/lm.py`.
-    workdir: where checkpoints, tokenizer, metrics and evaluation go.
+    config: a config of `attractor_jax/configs/lm.py`, `sudoku.py` or
+      `maze.py` (its `task` names the task).
+    workdir: where checkpoints, metrics and evaluation (and the LM's
+      tokenizer) go.
     stop_at_step: stop early at this step, as a preemption would (the last
       step is checkpointed); the schedule still follows config.total_steps.
 
   Returns:
-    The final training and validation metrics, the depth sweep rows and the
-    sample text; `preempted` is True if a SIGTERM stopped the run.
+    The final training and validation metrics and what the task's `finish`
+    returned (the LM's depth sweep rows and sample text, the puzzles' test
+    results); `preempted` is True if a SIGTERM stopped the run.
   """
   experiment.validate_config(config, workdir)    # before anything is written
   with run_guards.WorkdirLock(workdir):
