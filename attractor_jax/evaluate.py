@@ -18,9 +18,12 @@ from absl import flags
 
 from attractor_jax import commands
 from attractor_jax import errors
+from attractor_jax.parallel import distributed
 from attractor_jax.training import experiment
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
+
+distributed.define_flags()    # --coordinator_address, --num_processes, ...
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
                                required=True)

@@ -20,11 +20,14 @@ import ml_collections
 from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
+from attractor_jax.parallel import distributed
 from attractor_jax.training import experiment
 from attractor_jax.training import lm_task
 from attractor_jax.training import trainer
 
 NO_TOP_K = -1
+
+distributed.define_flags()    # --coordinator_address, --num_processes, ...
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.",
                                required=True)

@@ -17,9 +17,12 @@ from absl import flags
 
 from attractor_jax import commands
 from attractor_jax import configs
+from attractor_jax.parallel import distributed
 from attractor_jax.training import experiment
 from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
+
+distributed.define_flags()    # --coordinator_address, --num_processes, ...
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "lm.py")
 

@@ -2,11 +2,10 @@
 
     rows = PackedRows(token documents)          # fixed-length packed rows
     grain.MapDataset.source(rows)
-        [:even]                                 # drop < shard_count rows
-        [shard_index::shard_count]              # this host's disjoint rows
         .shuffle(seed)                          # global shuffle of rows
         .repeat(num_epochs)                     # reshuffled every epoch
-        .batch(batch_size)
+        .batch(batch_size)                      # this host's share of a step
+        [shard_index::shard_count]              # this host's shares
         .to_iter_dataset(read options)
 
 Packing happens before shuffling, over the corpus order, so the set of rows
@@ -16,10 +15,15 @@ function of the step index: the iterator's state is `{"next_index": k}`, a
 JSON-serialisable dict, and `set_state` on a fresh iterator resumes with
 exactly the same batches. Threads only prefetch; they never change the order.
 
-Multi-host: every host builds the same `PackedRows` and takes rows
-`shard_index, shard_index + shard_count, ...` (typically
-`jax.process_index(), jax.process_count()`); shards are disjoint and of equal
-size, so all hosts run the same number of steps per epoch.
+Multi-host: every host builds the same `PackedRows` and the same shuffled
+stream of rows, cut into pieces of `batch_size` rows (this host's share of a
+global batch); host `shard_index` of `shard_count` (typically
+`jax.process_index(), jax.process_count()`) takes pieces `shard_index,
+shard_index + shard_count, ...`. So global batch k, the hosts' pieces stacked
+in process order, is rows `[k * G, (k + 1) * G)` of the stream (G the global
+batch), the same rows in the same order for any number of hosts, and each
+host reads only its own rows. With a finite number of epochs only whole
+global batches are kept, so every host runs the same number of steps.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def make_lm_dataset(token_documents: Any, seq_len: int, batch_size: int, *,
       `len()` and `[i]` (e.g. `ArrayRecordDocuments(..., kind="tokens")`),
       or an already built `PackedRows`.
     seq_len: tokens per example.
-    batch_size: examples per batch on this host.
+    batch_size: examples per batch on this host (the global batch divided by
+      `shard_count`).
     eos_id: appended to every document (see `packing`).
     bos_id: prepended to every document when given.
     pad_id: token id of padding.
@@ -59,7 +64,8 @@ def make_lm_dataset(token_documents: Any, seq_len: int, batch_size: int, *,
     num_epochs: passes over the rows; None repeats forever.
     shard_index: this host's shard, in [0, shard_count).
     shard_count: number of disjoint shards (hosts).
-    drop_remainder: drop a last incomplete batch (keeps shapes static).
+    drop_remainder: drop a last incomplete batch (keeps shapes static); with
+      several shards an incomplete global batch is always dropped.
     ignore_index: target value where no loss is taken.
     document_lengths: raw token counts of the documents, to skip the pass
       that measures them.
@@ -83,19 +89,22 @@ def make_lm_dataset(token_documents: Any, seq_len: int, batch_size: int, *,
                       document_lengths=document_lengths)
   if rows.seq_len != seq_len:
     raise ValueError(f"PackedRows has seq_len {rows.seq_len}, not {seq_len}")
-  rows_per_shard = len(rows) // shard_count
-  if rows_per_shard == 0 or (drop_remainder and rows_per_shard < batch_size):
+  global_batch = batch_size * shard_count
+  if len(rows) == 0 or (drop_remainder and len(rows) < global_batch):
     raise errors.DataError(
-        f"The corpus packs into {len(rows)} rows of {seq_len + 1} tokens, "
-        f"{rows_per_shard} per shard for {shard_count} shard(s): too few for "
-        f"a batch of {batch_size}. Use more text, a smaller seq_len or batch.")
+        f"The corpus packs into {len(rows)} rows of {seq_len + 1} tokens: "
+        f"too few for a batch of {global_batch} ({shard_count} shard(s) of "
+        f"{batch_size}). Use more text, a smaller seq_len or batch.")
   dataset = grain.MapDataset.source(rows)
-  dataset = dataset[:rows_per_shard * shard_count]
-  dataset = dataset[shard_index::shard_count]
   if shuffle:
     dataset = dataset.shuffle(seed=seed)
   dataset = dataset.repeat(num_epochs)
-  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  dataset = dataset.batch(batch_size,
+                          drop_remainder=drop_remainder or shard_count > 1)
+  if shard_count > 1:
+    if num_epochs is not None:   # only whole global batches
+      dataset = dataset[:len(dataset) // shard_count * shard_count]
+    dataset = dataset[shard_index::shard_count]
   return dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
 

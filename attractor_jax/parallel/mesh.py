@@ -2,9 +2,9 @@
 
     mesh = make_mesh(data=-1, fsdp=4, tensor=2)  # -1: the remaining devices
 
-Multi-host: calling `jax.distributed.initialize()` (before any other JAX call)
-is the caller's job; afterwards `jax.devices()` lists every host's devices and
-`make_mesh` spans them all. On GPUs and CPUs the devices are ordered host by
+Multi-host: `jax.distributed.initialize()` must run before any other JAX
+call (the commands do it: `parallel.distributed`); afterwards `jax.devices()`
+lists every host's devices and `make_mesh` spans them all. On GPUs and CPUs the devices are ordered host by
 host and the mesh is filled row-major with "tensor" varying fastest, so keep
 `fsdp * tensor` a divisor of the devices per host: then only the data-parallel
 gradient all-reduce crosses hosts. (TPU topologies are handled by

@@ -23,10 +23,12 @@ import math
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from attractor_jax import parallel
 from attractor_jax.models import registry
 
 Batches = Iterable[dict] | Callable[[], Iterable[dict]]
@@ -65,6 +67,16 @@ def _eval_step(model, batch: dict, max_iter: Optional[int]) -> dict:
   return sums
 
 
+def _global_batch(model, batch: dict) -> dict:
+  """The batch as is on one process; with several, each process's rows (its
+  share, as the data pipeline gives it) assembled into global arrays over the
+  mesh the model's parameters live on."""
+  if jax.process_count() == 1:
+    return batch
+  param = jax.tree.leaves(nnx.state(model, nnx.Param))[0]
+  return parallel.shard_batch(batch, param.sharding.mesh)
+
+
 def _iterate(batches: Batches) -> Iterable[dict]:
   return batches() if callable(batches) else batches
 
@@ -96,12 +108,13 @@ def evaluate(model, batches: Batches, *, max_iter: Optional[int] = None,
   for batch in _iterate(batches):
     if max_batches is not None and count >= max_batches:
       break
-    sums = _eval_step(model, dict(batch), max_iter=max_iter)
+    batch = _global_batch(model, dict(batch))
+    sums = _eval_step(model, batch, max_iter=max_iter)
     sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
     n = int(sums.pop("tokens"))
     loss_sum += float(sums.pop("loss")) * n
     tokens += n
-    sequences += int(np.shape(batch["inputs"])[0])
+    sequences += int(batch["inputs"].shape[0])
     count += 1
     for key, value in sums.items():
       totals[key] = totals.get(key, 0.0) + float(value)

@@ -40,6 +40,7 @@ from attractor_jax.data import tokenizer as tokenizer_lib
 from attractor_jax.models import presets
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
+from attractor_jax.parallel import distributed
 from attractor_jax.parallel import mesh as mesh_lib
 from attractor_jax.training import checkpoint_integrity
 from attractor_jax.training import checkpoints
@@ -139,7 +140,9 @@ def _split(config, *, need_train: bool = True) -> tuple[list, list]:
 
 
 def _dataset_options(config, tokenizer) -> dict:
-  return dict(seq_len=config.data.seq_len, batch_size=config.batch_size,
+  # config.batch_size is the global batch; each process reads its share.
+  return dict(seq_len=config.data.seq_len,
+              batch_size=config.batch_size // jax.process_count(),
               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
               shard_index=jax.process_index(),
               shard_count=jax.process_count())
@@ -231,7 +234,7 @@ def check_split_sizes(config, train_docs: Optional[list],
   `make_lm_dataset` raises).
   """
   row = config.data.seq_len + 1
-  need = config.batch_size * jax.process_count()
+  need = config.batch_size
   for name, docs, fix in (
       ("training", train_docs, "lower data.validation_fraction"),
       ("validation", val_docs, "raise data.validation_fraction")):
@@ -438,7 +441,13 @@ def check_mesh(config, num_devices: Optional[int]) -> None:
         f"mesh (data, fsdp, tensor) = {sizes}: {error}\nSet "
         "--config.mesh.data/fsdp/tensor so that their product divides the "
         f"{num_devices} device(s); -1 takes the rest.") from error
-  global_batch = config.batch_size * jax.process_count()
+  global_batch = config.batch_size
+  processes = jax.process_count()
+  if global_batch % processes:
+    raise errors.ConfigError(
+        f"The batch of {global_batch} does not split over the {processes} "
+        "processes (config.batch_size is the global batch).\nPass "
+        f"--config.batch_size= a multiple of {processes}.")
   if global_batch % (data * fsdp):
     raise errors.ConfigError(
         f"The batch of {global_batch} does not split over the mesh's "
@@ -590,8 +599,10 @@ def _check_tokenizers(config, workdir: Optional[str]) -> None:
 def start_command(argv) -> None:
   """Shared start of the train / evaluate / generate commands.
 
-  Rejects stray arguments and, unless --verbosity was given, keeps absl's
-  log to warnings (orbax logs every checkpoint step at INFO).
+  Rejects stray arguments; unless --verbosity was given, keeps absl's log to
+  warnings (orbax logs every checkpoint step at INFO); then starts the
+  multi-process runtime if the flags ask for it or a cluster is detected
+  (`parallel.distributed`), before anything else touches a device.
   """
   if len(argv) > 1:
     raise errors.ConfigError(
@@ -599,6 +610,7 @@ def start_command(argv) -> None:
         "--name=value; pass --helpshort to list the flags.")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  distributed.initialize_from_flags()
 
 
 def check_checkpoint_exists(workdir: str, step: Optional[int] = None) -> None:

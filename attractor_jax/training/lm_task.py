@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from attractor_jax import data as data_lib
 from attractor_jax.models import registry
+from attractor_jax.parallel import distributed
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
 from attractor_jax.training import generation
@@ -67,7 +68,8 @@ class LMTask(tasks.Task):
     kind = model.config.kind
     if config.depth_sweep and registry.supports(kind, registry.DEPTH_SWEEP):
       rows = evaluation.depth_sweep(model, data.validation)
-      evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
+      if distributed.is_main_process():
+        evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
       results["depth_sweep"] = rows
       print("\nTest-time depth sweep (T = 0 decodes the proposal c):\n"
             + evaluation.format_table(rows))
@@ -76,9 +78,10 @@ class LMTask(tasks.Task):
       results["sample"] = sample_text(model, data.tokenizer, config.sample,
                                       seed=config.seed,
                                       trained_context=config.data.seq_len)
-      with open(os.path.join(workdir, "sample.txt"), "w",
-                encoding="utf-8") as f:
-        f.write(results["sample"])
+      if distributed.is_main_process():
+        with open(os.path.join(workdir, "sample.txt"), "w",
+                  encoding="utf-8") as f:
+          f.write(results["sample"])
       print(f"\nSample:\n{results['sample']}\n")
     return results
 
@@ -104,10 +107,11 @@ class LMTask(tasks.Task):
     results = {"validation": result}
     if registry.supports(trained.model.config.kind, registry.DEPTH_SWEEP):
       rows = evaluation.depth_sweep(trained.model, batches)
-      paths = evaluation.write_depth_sweep(rows, os.path.join(workdir,
-                                                              "eval"))
       print(evaluation.format_table(rows))
-      print(f"wrote {', '.join(str(p) for p in paths.values())}")
+      if distributed.is_main_process():
+        paths = evaluation.write_depth_sweep(rows, os.path.join(workdir,
+                                                                "eval"))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
       results["depth_sweep"] = rows
     return results
 

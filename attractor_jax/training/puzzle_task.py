@@ -178,7 +178,7 @@ class PuzzleTask(tasks.Task):
     test = puzzle_data.load(self.puzzle, "test")
     return PuzzleData(
         train=puzzle_data.TrainStream(
-            train, config.batch_size, config.seed,
+            train, config.batch_size // jax.process_count(), config.seed,
             augment=config.data.augment, shard_index=jax.process_index(),
             shard_count=jax.process_count()),
         test=test, validation=test.spread(config.eval_examples or None),
@@ -195,8 +195,12 @@ class PuzzleTask(tasks.Task):
   # --------------------------------------------------------------- training
 
   def initial_state(self, config, model_config) -> dict[str, np.ndarray]:
-    """Every slot starts halted, so the first step loads a whole batch."""
-    batch, seq_len = config.batch_size, model_config.seq_len
+    """Every slot starts halted, so the first step loads a whole batch.
+
+    These are this process's slots (its share of the global batch).
+    """
+    batch = config.batch_size // jax.process_count()
+    seq_len = model_config.seq_len
     latent = (batch, model_config.total_len, model_config.dim)
     dtype = model_config.jnp_dtype
     return {"y": jnp.zeros(latent, dtype), "z": jnp.zeros(latent, dtype),

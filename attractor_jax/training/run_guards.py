@@ -51,6 +51,7 @@ class WorkdirLock:
   """Holds `workdir/.lock` for the life of a trainer (a context manager).
 
   Only local paths can be locked; for others (`gs://...`) this does nothing.
+  Several processes: process 0 holds it.
   On release, a workdir that this lock created and that is still empty is
   removed again, so a run refused before writing anything leaves no trace.
   """
@@ -62,7 +63,9 @@ class WorkdirLock:
     self._created_workdir = False
 
   def acquire(self) -> "WorkdirLock":
-    if "://" in self.workdir:
+    # In a run over several processes the workdir is shared: process 0 holds
+    # the lock for all of them.
+    if "://" in self.workdir or jax.process_index() != 0:
       return self
     self._created_workdir = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)

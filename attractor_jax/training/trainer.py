@@ -27,6 +27,7 @@ from attractor_jax import errors
 from attractor_jax import models
 from attractor_jax import parallel
 from attractor_jax import solvers
+from attractor_jax.parallel import distributed
 from attractor_jax.training import checkpoints
 from attractor_jax.training import experiment
 from attractor_jax.training import metrics as metrics_lib
@@ -264,7 +265,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
       bad_in_a_row = int(scalars["bad_steps_in_a_row"])
       if not config_saved:
         # Only a config that restored and ran a step may describe the workdir.
-        experiment.save_config(config, workdir)
+        if distributed.is_main_process():
+          experiment.save_config(config, workdir)
         config_saved = True
       diverged = bad_in_a_row and _report_bad_step(config, step,
                                                    bad_in_a_row, scalars)
