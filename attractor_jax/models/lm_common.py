@@ -13,6 +13,7 @@ from attractor_jax import solvers
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn import initializers
 from attractor_jax.nn import norms
+from attractor_jax.nn.dense import dense
 
 
 def check_config(model_name: str, config: ModelConfig,
@@ -73,8 +74,8 @@ class Embedding(nnx.Module):
 
   def attend(self, x: jax.Array) -> jax.Array:
     """x @ E^T in float32: the tied unembedding."""
-    return jnp.einsum("btd,vd->btv", x.astype(jnp.float32),
-                      self.embedding[...].astype(jnp.float32))
+    return dense(x.astype(jnp.float32),
+                 self.embedding[...].astype(jnp.float32).T)
 
 
 class Unembedding(nnx.Module):
@@ -97,8 +98,8 @@ class Unembedding(nnx.Module):
     if self.output is None:
       logits = embedding.attend(x)
     else:
-      logits = jnp.einsum("btd,dv->btv", x.astype(jnp.float32),
-                          self.output[...].astype(jnp.float32))
+      logits = dense(x.astype(jnp.float32),
+                     self.output[...].astype(jnp.float32))
     if self.softcap is not None:
       logits = self.softcap * jnp.tanh(logits / self.softcap)
     return logits

@@ -17,6 +17,7 @@ from flax import nnx
 from attractor_jax.nn import initializers
 from attractor_jax.nn import norms
 from attractor_jax.nn import rotary
+from attractor_jax.nn.dense import dense
 from attractor_jax.nn.kv_cache import KVCache
 
 
@@ -113,7 +114,7 @@ class Attention(nnx.Module):
     `positions` (int `[batch, seq]`) is read only by rotary embeddings.
     """
     x = x.astype(self.dtype)
-    q, k, v = (jnp.einsum("btd,dnh->btnh", x, w[...].astype(self.dtype))
+    q, k, v = (dense(x, w[...].astype(self.dtype))
                for w in (self.wq, self.wk, self.wv))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
@@ -127,7 +128,7 @@ class Attention(nnx.Module):
     return q, k, v
 
   def project_out(self, out: jax.Array) -> jax.Array:
-    return jnp.einsum("btnh,nhd->btd", out, self.wo[...].astype(self.dtype))
+    return dense(out, self.wo[...].astype(self.dtype), contract=2)
 
   def __call__(self, x: jax.Array, *, causal: bool,
                positions: Optional[jax.Array] = None,

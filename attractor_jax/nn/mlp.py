@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attractor_jax.nn import initializers
+from attractor_jax.nn.dense import dense
 
 KINDS = ("relu2", "swiglu")
 
@@ -33,9 +34,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
-    h = x @ self.w_in[...].astype(self.dtype)
+    h = dense(x, self.w_in[...].astype(self.dtype))
     if self.kind == "relu2":
       h = 0.5 * jnp.square(jax.nn.relu(h))
     else:
-      h = jax.nn.silu(x @ self.w_gate[...].astype(self.dtype)) * h
-    return h @ self.w_out[...].astype(self.dtype)
+      h = jax.nn.silu(dense(x, self.w_gate[...].astype(self.dtype))) * h
+    return dense(h, self.w_out[...].astype(self.dtype))

@@ -452,22 +452,20 @@ def _solve_bwd(closed_f, config, residuals, cotangents):
     grad_params, grad_consts, grad_c = phantom_vjp(v)
     probe_grad = probe_lib.probe_cotangent_without_solve(v, probe)
   else:
-    u, probe_grad = _cotangent_u(closed_f, options, params, consts, c, y_star,
-                                 v, probe)
-    _, param_vjp = jax.vjp(
-        lambda p, k, cc: _call(closed_f, p, k, cc, y_star), params, consts, c)
-    grad_params, grad_consts, grad_c = param_vjp(u)
+    # One linearisation of f at y* serves J^T (every use) and the final
+    # parameter vjp; where only J^T u is used, XLA drops the weight gradients.
+    _, vjp_all = jax.vjp(lambda p, k, cc, y: _call(closed_f, p, k, cc, y),
+                         params, consts, c, y_star)
+    u, probe_grad = _cotangent_u(lambda w: vjp_all(w)[3], options, v, probe)
+    grad_params, grad_consts, grad_c, _ = vjp_all(u)
   return (grad_params, grad_consts, grad_c, jnp.zeros_like(y0), probe_grad)
 
 
-def _cotangent_u(closed_f, options, params, consts, c, y_star, v, probe):
-  """u for the implicit, onestep and jfb modes, and the probe's cotangent."""
+def _cotangent_u(transpose_jacobian, options, v, probe):
+  """u for the implicit, onestep and jfb modes, and the probe's cotangent;
+  `transpose_jacobian(w)` is J^T w at y*."""
   if options.mode == "jfb":
     return v, probe_lib.probe_cotangent_without_solve(v, probe)
-  _, y_vjp = jax.vjp(lambda y: _call(closed_f, params, consts, c, y), y_star)
-
-  def transpose_jacobian(u):
-    return y_vjp(u)[0]
 
   if options.mode == "onestep":
     jtv = transpose_jacobian(v)

@@ -16,6 +16,7 @@ from attractor_jax.nn import kv_cache
 from attractor_jax.nn import mlp
 from attractor_jax.nn import norms
 from attractor_jax.nn import rotary
+from attractor_jax.nn.dense import dense
 from attractor_jax.nn.kv_cache import KVCache
 
 DIM, HEADS, SEQ = 16, 2, 8
@@ -296,3 +297,27 @@ def test_qk_norm_eps_defaults_to_norm_eps_and_can_be_set():
     b.attn.wk[...] = tiny(b.attn.wk[...])
   assert not np.allclose(np.asarray(block(x)), np.asarray(default(x)),
                          rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,contract,spec", [
+    ((2, 3, 8), (8, 5), 1, "btd,df->btf"),
+    ((2, 3, 8), (8, 2, 4), 1, "btd,dnh->btnh"),
+    ((2, 3, 2, 4), (2, 4, 8), 2, "btnh,nhd->btd"),
+])
+def test_dense_is_the_einsum_and_so_is_its_gradient(x_shape, kernel_shape,
+                                                     contract, spec):
+  x, kernel = random(x_shape, 1), random(kernel_shape, 2)
+  np.testing.assert_allclose(dense(x, kernel, contract=contract),
+                             jnp.einsum(spec, x, kernel), rtol=1e-5,
+                             atol=1e-6)
+  ours = jax.grad(lambda x, k: jnp.sum(dense(x, k, contract=contract) ** 2),
+                  argnums=(0, 1))(x, kernel)
+  theirs = jax.grad(lambda x, k: jnp.sum(jnp.einsum(spec, x, k) ** 2),
+                    argnums=(0, 1))(x, kernel)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_rejects_a_kernel_of_other_input_axes():
+  with pytest.raises(ValueError, match="does not end in the kernel's input"):
+    dense(random((2, 3, 8)), random((4, 5)))

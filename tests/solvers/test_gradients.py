@@ -479,6 +479,21 @@ def test_primal_only_runs_one_while_loop(mode):
     assert str(grad_jaxpr).count("while[") >= 2
 
 
+@pytest.mark.parametrize("mode", ["onestep", "implicit"])
+def test_backward_linearises_the_map_once(mode):
+  """J^T v and the parameter vjp share one linearisation of f at y*: the
+  gradient evaluates f's primal (tanh) as often as jfb, which needs no J^T."""
+  w, c = _wc()
+  y0 = jnp.zeros_like(c)
+
+  def primal_evaluations(backward):
+    solve = _fp(backward=backward)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w, c: _loss(solve(w, c, y0))))(w, c)
+    return str(jaxpr).count(" tanh ")
+
+  assert primal_evaluations(mode) == primal_evaluations("jfb")
+
+
 # Low precision.
 
 
