@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 CONVENTIONS = ("half", "interleaved")
 
@@ -24,23 +25,37 @@ def rotary_angles(positions: jax.Array, head_dim: int, theta: float
   return jnp.sin(angles), jnp.cos(angles)
 
 
+def _rotation(head_dim: int, convention: str) -> np.ndarray:
+  """Signed permutation P with (x @ P) = the partner of each dimension, with
+  the sign of its sin term: x * cos + (x @ P) * sin is the rotation."""
+  half = head_dim // 2
+  partner = np.zeros((head_dim, head_dim), np.float32)
+  for i in range(half):
+    first, second = (i, i + half) if convention == "half" else (2 * i,
+                                                                2 * i + 1)
+    partner[second, first] = -1.0     # first' = first cos - second sin
+    partner[first, second] = 1.0      # second' = second cos + first sin
+  return partner
+
+
 def apply_rotary(x: jax.Array, sin: jax.Array, cos: jax.Array,
                  convention: str = "half") -> jax.Array:
-  """Rotates x `[batch, seq, heads, head_dim]` by angles `[batch, seq, d/2]`."""
+  """Rotates x `[batch, seq, heads, head_dim]` by angles `[batch, seq, d/2]`.
+
+  The pairs' partners come from one matmul with a signed permutation (exact:
+  one nonzero per column, at full float32 precision), not from splitting
+  and concatenating halves: XLA:CPU fused those concatenations badly, 9 ms
+  of an attention layer's 42 ms forward and backward (8 x 256 tokens).
+  """
   if convention not in CONVENTIONS:
     raise ValueError(f"Unknown rotary convention {convention!r}; expected one "
                      f"of {CONVENTIONS}.")
   x32 = x.astype(jnp.float32)
-  sin = sin[..., None, :]
-  cos = cos[..., None, :]
   if convention == "half":
-    first, second = jnp.split(x32, 2, axis=-1)
+    sin, cos = (jnp.concatenate([a, a], axis=-1) for a in (sin, cos))
   else:
-    first, second = x32[..., 0::2], x32[..., 1::2]
-  rotated_first = first * cos - second * sin
-  rotated_second = second * cos + first * sin
-  if convention == "half":
-    out = jnp.concatenate([rotated_first, rotated_second], axis=-1)
-  else:
-    out = jnp.stack([rotated_first, rotated_second], axis=-1).reshape(x.shape)
+    sin, cos = (jnp.repeat(a, 2, axis=-1) for a in (sin, cos))
+  partner = jnp.asarray(_rotation(x.shape[-1], convention))
+  swapped = jnp.matmul(x32, partner, precision=jax.lax.Precision.HIGHEST)
+  out = x32 * cos[..., None, :] + swapped * sin[..., None, :]
   return out.astype(x.dtype)

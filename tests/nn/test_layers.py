@@ -321,3 +321,29 @@ def test_dense_is_the_einsum_and_so_is_its_gradient(x_shape, kernel_shape,
 def test_dense_rejects_a_kernel_of_other_input_axes():
   with pytest.raises(ValueError, match="does not end in the kernel's input"):
     dense(random((2, 3, 8)), random((4, 5)))
+
+
+@pytest.mark.parametrize("seq", [8, 64, 65, 128])
+@pytest.mark.parametrize("packed", [False, True])
+def test_causal_self_attention_in_halves_equals_the_full_mask(seq, packed):
+  q, k, v = (random((2, seq, 2, 8), seed) for seed in (1, 2, 3))
+  segment_ids = None
+  if packed:
+    segment_ids = jnp.cumsum(random((2, seq), 4) > 1.2, axis=1)
+  mask = attention.attention_mask(seq, seq, causal=True,
+                                  q_segment_ids=segment_ids,
+                                  kv_segment_ids=segment_ids)
+  np.testing.assert_allclose(
+      attention.causal_self_attend(q, k, v, segment_ids),
+      attention.attend(q, k, v, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_attend_is_softmax_attention_with_float32_logits():
+  q, k, v = (random((2, 6, 2, 8), seed, jnp.bfloat16) for seed in (1, 2, 3))
+  mask = attention.attention_mask(6, 6, causal=True)
+  ours = attention.attend(q, k, v, mask)
+  theirs = jax.nn.dot_product_attention(
+      q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
+      mask=mask)
+  assert ours.dtype == jnp.bfloat16
+  np.testing.assert_allclose(ours.astype(jnp.float32), theirs, atol=3e-2)
