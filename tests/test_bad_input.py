@@ -234,6 +234,8 @@ TRAIN_CASES = [
     ("puzzle-exploration-above-one",
      [f"--config={SUDOKU}", "--config.halting.exploration_prob=1.5"],
      "config.halting.exploration_prob must be a number in [0, 1]"),
+    ("bfloat16-head-below-its-floor", ["--config.model.dtype=bfloat16"],
+     "solve.tol 0.001 is below what a bfloat16 head can reach"),
     ("distributed-flags-incomplete", ["--num_processes=2"],
      "--coordinator_address, --process_id not given"),
     ("process-id-out-of-range", ["--coordinator_address=127.0.0.1:1234",

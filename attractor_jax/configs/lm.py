@@ -73,6 +73,12 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   config.model = placeholders(ModelConfig, skip=("kind",))
   config.model.preset = "attractor-tiny" if tiny else variant
   config.solve = placeholders(SolveConfig)
+  if not tiny:
+    # Accelerator precision: bfloat16 compute; float32 parameters, optimizer
+    # state and solved blocks, which bfloat16 rounding would keep above the
+    # presets' tolerances (docs/precision.md).
+    config.model.dtype = "bfloat16"
+    config.model.head_dtype = "float32"
 
   config.data = ml_collections.ConfigDict(dict(
       source="builtin",          # builtin | text | array_record | tfds

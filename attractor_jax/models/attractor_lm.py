@@ -30,8 +30,8 @@ class AttractorLM(nnx.Module):
     self.backbone = nnx.List(
         [blocks.Block(spec, rngs=rngs) for _ in range(config.num_layers)])
     self.head = attractor_head.AttractorHead(
-        config.block_spec(gated=True), config.head_layers, config.solve,
-        rngs=rngs)
+        config.block_spec(gated=True, dtype=config.jnp_head_dtype),
+        config.head_layers, config.solve, rngs=rngs)
     self.unembed = lm_common.Unembedding(
         config, self.embed if config.tie_embeddings else None, rngs=rngs)
 
@@ -50,10 +50,10 @@ class AttractorLM(nnx.Module):
     """Empty key/value caches for the backbone and the head blocks."""
     config = self.config
     head_dim = config.dim // config.num_heads
-    make = lambda: KVCache.empty(batch, max_len, config.num_heads, head_dim,
-                                 config.jnp_dtype)
-    return {"backbone": [make() for _ in self.backbone],
-            "head": [make() for _ in self.head.blocks]}
+    make = lambda dtype: KVCache.empty(batch, max_len, config.num_heads,
+                                       head_dim, dtype)
+    return {"backbone": [make(config.jnp_dtype) for _ in self.backbone],
+            "head": [make(config.jnp_head_dtype) for _ in self.head.blocks]}
 
   def forward_cached(self, tokens: jax.Array, cache: dict, *,
                      max_iter: Optional[int] = None):

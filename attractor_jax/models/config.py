@@ -49,6 +49,35 @@ LM_SOLVE = attractor_head.SolveConfig(
     tol=1e-3, backward="onestep")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
           "float16": jnp.float16}
+# The smallest solve.tol training accepts for a head that computes in 16-bit
+# floats. Their rounding leaves a residual floor of about 0.8 u ||y* - c|| /
+# ||c|| (u = 2^-8, bfloat16's unit roundoff): 7.7e-4 at a head contribution
+# of 0.23, 2.0e-3 at 0.66 (tests/models/test_precision.py); u covers a head
+# that moves y* by up to ||c||.
+BF16_HEAD_MIN_TOL = 4e-3
+
+
+def check_head_precision(config: "ModelConfig") -> None:
+  """Refuses a 16-bit head asked to converge below its rounding floor.
+
+  Raises:
+    errors.ConfigError: head_dtype (or dtype) is 16-bit and solve.tol is
+      below `BF16_HEAD_MIN_TOL`; the message gives both ways out.
+  """
+  solve = getattr(config, "solve", None)
+  if (solve is None or not registry.supports(config.kind,
+                                             registry.SOLVER_STATS)
+      or jnp.finfo(config.jnp_head_dtype).bits > 16):
+    return
+  if solve.tol < BF16_HEAD_MIN_TOL:
+    head = config.head_dtype or config.dtype
+    raise errors.ConfigError(
+        f"solve.tol {solve.tol:g} is below what a {head} head can reach (its "
+        "rounding leaves a residual of up to about 4e-3, so steps would run "
+        "solve.max_iter iterations).\nPass --config.model.head_dtype=float32 "
+        f"(the head computes in float32, the rest in {config.dtype}) or "
+        f"--config.solve.tol={BF16_HEAD_MIN_TOL:g} or more.")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +117,15 @@ class ModelConfig:
       zero by default: a head whose output projections start at zero is the
       constant map f(y; c) = c, which converges at once and gives its gates
       no gradient.
-    dtype, param_dtype: "float32" / "bfloat16" activations and parameters.
+    dtype, param_dtype: "float32" / "bfloat16" activations and parameters
+      (the optimizer's state follows the parameters).
+    head_dtype: the compute dtype of the blocks that are solved (the
+      attractor head, the DEQ core); None: `dtype`. Their iterates, the
+      residuals and the solver's state are float32 whatever it is. A
+      bfloat16 head's residual stops at 1e-3 to 4e-3 (docs/precision.md), so
+      training refuses a bfloat16 head with a solve.tol below
+      `BF16_HEAD_MIN_TOL`; "float32" here with dtype "bfloat16" is the mixed
+      policy the presets' tolerances need.
   """
 
   KIND: ClassVar[str] = ""
@@ -124,6 +161,7 @@ class ModelConfig:
   head_out_init_scale: float = 1.0
   dtype: str = "float32"
   param_dtype: str = "float32"
+  head_dtype: Optional[str] = None
 
   def __new__(cls, *args, **kwargs):
     """A bare ModelConfig(kind=K, ...) is an instance of K's config class."""
@@ -139,14 +177,15 @@ class ModelConfig:
       errors.ConfigError: naming the field, the bad value and what it takes.
     """
     choices = dict(kind=MODEL_KINDS, dtype=tuple(DTYPES),
-                   param_dtype=tuple(DTYPES), mlp=mlp_lib.KINDS,
+                   param_dtype=tuple(DTYPES),
+                   head_dtype=tuple(DTYPES) + (None,), mlp=mlp_lib.KINDS,
                    norm=blocks.NORM_PLACEMENTS,
                    rope_convention=rotary.CONVENTIONS)
     for name, known in choices.items():
       if getattr(self, name) not in known:
         raise errors.ConfigError(
             f"Unknown model.{name} {getattr(self, name)!r}; expected one of "
-            f"{', '.join(known)}.")
+            f"{', '.join(map(str, known))}.")
     if self.kind != self.KIND:
       raise errors.ConfigError(
           f"{type(self).__name__} is the config of {self.KIND!r} models; got "
@@ -194,6 +233,11 @@ class ModelConfig:
   @property
   def jnp_param_dtype(self):
     return DTYPES[self.param_dtype]
+
+  @property
+  def jnp_head_dtype(self):
+    """The solved blocks' compute dtype (`head_dtype`, else `dtype`)."""
+    return DTYPES[self.head_dtype or self.dtype]
 
   def block_spec(self, *, gated: bool = False, **overrides) -> blocks.BlockSpec:
     """The BlockSpec of this model's blocks (gated for the attractor head)."""

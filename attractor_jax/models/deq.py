@@ -43,7 +43,7 @@ class DEQ(nnx.Module):
       raise ValueError("The DEQ core's blocks must be pre-norm.")
     self.config = config
     self.embed = lm_common.Embedding(config, rngs=rngs)
-    spec = config.block_spec()
+    spec = config.block_spec(dtype=config.jnp_head_dtype)
     self.core = nnx.List(
         [blocks.Block(spec, rngs=rngs) for _ in range(config.num_layers)])
     self.unembed = lm_common.Unembedding(config, None, rngs=rngs)

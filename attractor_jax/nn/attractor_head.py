@@ -502,6 +502,13 @@ class AttractorHead(nnx.Module):
       head = nnx.merge(graphdef, state)
       return head.map(y, c, **context)
 
-    return solvers.fixed_point(
-        f, state, c, c if y0 is None else y0, backward_probe=backward_probe,
-        **kwargs)
+    # The fixed point lives in float32 (or wider) even for a bfloat16 model:
+    # y + c and c + R(...) are float32 sums, only the branches R compute in
+    # the blocks' dtype. Iterates rounded to bfloat16 would leave a residual
+    # floor of about 1.6e-3 (docs/scaling.md), above the presets' tolerances.
+    state_dtype = jnp.result_type(jnp.float32, c.dtype)
+    y0 = c if y0 is None else y0
+    y, stats = solvers.fixed_point(
+        f, state, c.astype(state_dtype), y0.astype(state_dtype),
+        backward_probe=backward_probe, **kwargs)
+    return y.astype(c.dtype), stats

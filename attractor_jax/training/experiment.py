@@ -38,6 +38,7 @@ from attractor_jax.configs import lm
 from attractor_jax.data import array_record as array_record_lib
 from attractor_jax.data import tokenizer as tokenizer_lib
 from attractor_jax.models import presets
+from attractor_jax.models import config as model_config_lib
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.parallel import distributed
@@ -345,6 +346,7 @@ def validate_lm_config(config: ml_collections.ConfigDict,
   check_integer(config, "divergence.max_consecutive_bad_steps", 0)
   check_number(config, "divergence.max_loss_factor", low=0)
   model_config = model_config_from(config, config.data.vocab_size)
+  model_config_lib.check_head_precision(model_config)
   check_optimizer(config)
   check_mesh(config, num_devices)
   _check_sample(config)
