@@ -236,6 +236,8 @@ TRAIN_CASES = [
      "config.halting.exploration_prob must be a number in [0, 1]"),
     ("bfloat16-head-below-its-floor", ["--config.model.dtype=bfloat16"],
      "solve.tol 0.001 is below what a bfloat16 head can reach"),
+    ("dcn-data-without-slices", ["--config.mesh.dcn_data=2"],
+     "config.mesh.dcn_data 2: the devices span 1 process"),
     ("distributed-flags-incomplete", ["--num_processes=2"],
      "--coordinator_address, --process_id not given"),
     ("process-id-out-of-range", ["--coordinator_address=127.0.0.1:1234",

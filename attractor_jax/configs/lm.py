@@ -115,7 +115,10 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
       fp_lr_scale=1.0 if tiny else 0.75,
       clip_norm=1.0,
   ))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Within a slice (ICI): data x fsdp x tensor; dcn_data: data parallelism
+  # across slices or processes (docs/launching.md).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                               dcn_data=1))
   config.sample = ml_collections.ConfigDict(dict(
       prompt="ROMEO:", num_tokens=48 if tiny else 128, temperature=0.8,
       top_k=40))

@@ -89,7 +89,10 @@ def get_config(puzzle: str, variant: str) -> ml_collections.ConfigDict:
       warmup_steps=100 if tiny else 2000, b1=0.9, b2=0.95,
       weight_decay=0.1 if tiny else 1.0, embed_wd=0.1 if tiny else 1.0,
       clip_norm=1.0 if tiny else 0.0, ema_decay=0.99 if tiny else 0.999))
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Within a slice (ICI): data x fsdp x tensor; dcn_data: data parallelism
+  # across slices or processes (docs/launching.md).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                               dcn_data=1))
   return config
 
 

@@ -7,10 +7,10 @@ call (the commands do it: `parallel.distributed`); afterwards `jax.devices()`
 lists every host's devices and `make_mesh` spans them all. On GPUs and CPUs the devices are ordered host by
 host and the mesh is filled row-major with "tensor" varying fastest, so keep
 `fsdp * tensor` a divisor of the devices per host: then only the data-parallel
-gradient all-reduce crosses hosts. (TPU topologies are handled by
-`jax.make_mesh`; for multi-slice TPU build the device array yourself with
-`jax.experimental.mesh_utils.create_hybrid_device_mesh` and pass it flat as
-`devices`, in the order you want.)
+gradient all-reduce crosses hosts. TPU topologies are handled by
+`jax.make_mesh`; multi-slice TPU (and GPU clusters whose nodes should each
+hold a whole model replica) take `dcn_data`, the data parallelism across
+slices (or processes), and get `mesh_utils.create_hybrid_device_mesh`.
 
 Each host loads only its rows of the global batch (`process_batch_slice`) and
 `rules.shard_batch` assembles the global, sharded arrays from them.
@@ -22,6 +22,7 @@ import math
 from typing import Optional, Sequence
 
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType
 from jax.sharding import Mesh
 
@@ -61,29 +62,61 @@ def resolve_mesh_shape(sizes: Sequence[int], num_devices: int
   return sizes
 
 
+def dcn_groups(devices: Optional[Sequence[jax.Device]] = None
+               ) -> tuple[int, bool]:
+  """(number of groups, grouped by slice) of the devices that `dcn_data`
+  spreads over: TPU slices when there are several, else processes."""
+  devices = list(jax.devices() if devices is None else devices)
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  if None not in slices and len(slices) > 1:
+    return len(slices), True
+  return len({d.process_index for d in devices}), False
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+              devices: Optional[Sequence[jax.Device]] = None, *,
+              dcn_data: int = 1) -> Mesh:
   """A mesh with axes ("data", "fsdp", "tensor") over all (or given) devices.
 
   Args:
-    data: data-parallel size (batch split, parameters replicated).
+    data: data-parallel size within a slice (batch split, parameters
+      replicated).
     fsdp: fully sharded data-parallel size (batch and parameters split).
     tensor: tensor-parallel size (heads, MLP and vocabulary split).
     devices: the devices to use, flat; default `jax.devices()` (every host).
       One size may be -1 to take the devices the others leave.
+    dcn_data: data parallelism across slices, over the data-centre network
+      (multi-slice TPU; elsewhere across processes). Each of the `dcn_data`
+      groups of devices (a slice, or a process) holds a whole
+      `data x fsdp x tensor` mesh over its fast interconnect, and only the
+      gradient all-reduce crosses groups. The "data" axis is then
+      `dcn_data * data` long, group-major.
 
   Returns:
     A `jax.sharding.Mesh` whose axes are all `AxisType.Auto` (shardings come
     from `jit` in/out shardings and constraints, not from types).
 
   Raises:
-    ValueError: see `resolve_mesh_shape`.
+    ValueError: see `resolve_mesh_shape`; or `dcn_data` that does not match
+      the number of slices (or processes).
   """
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape((data, fsdp, tensor), len(devices))
-  return jax.make_mesh(shape, MESH_AXES,
-                       axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if dcn_data == 1:
+    shape = resolve_mesh_shape((data, fsdp, tensor), len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types,
+                         devices=devices)
+  groups, by_slice = dcn_groups(devices)
+  if dcn_data < 1 or groups != dcn_data:
+    raise ValueError(
+        f"mesh dcn_data={dcn_data} needs as many "
+        f"{'slices' if by_slice else 'processes'} as that; the devices span "
+        f"{groups}.")
+  shape = resolve_mesh_shape((data, fsdp, tensor), len(devices) // dcn_data)
+  grid = mesh_utils.create_hybrid_device_mesh(
+      shape, (dcn_data, 1, 1), devices, process_is_granule=not by_slice,
+      allow_split_physical_axes=True)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def process_batch_slice(global_batch: int,

@@ -431,18 +431,35 @@ def check_mesh(config, num_devices: Optional[int]) -> None:
   """The mesh against the devices, and the batch against the mesh."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   sizes = tuple(config.mesh.get(axis) for axis in mesh_lib.MESH_AXES)
+  dcn_data = config.mesh.get("dcn_data", 1)
   if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-             for s in sizes):
+             for s in sizes + (dcn_data,)):
     raise errors.ConfigError(
-        f"config.mesh sizes must be integers; got {sizes}.\nPass "
-        "--config.mesh.data/fsdp/tensor as integers (-1: the rest).")
+        f"config.mesh sizes must be integers; got {sizes}, dcn_data "
+        f"{dcn_data!r}.\nPass --config.mesh.data/fsdp/tensor/dcn_data as "
+        "integers (-1: the rest, not for dcn_data).")
+  groups, by_slice = mesh_lib.dcn_groups()
+  if dcn_data > 1 and dcn_data != groups:
+    raise errors.ConfigError(
+        f"config.mesh.dcn_data {dcn_data}: the devices span {groups} "
+        f"{'slice' if by_slice else 'process'}(es).\nSet "
+        f"--config.mesh.dcn_data={groups}"
+        + ("" if groups == 1 else " or 1") + ".")
+  if dcn_data < 1 or num_devices % dcn_data:
+    raise errors.ConfigError(
+        f"config.mesh.dcn_data {dcn_data} does not divide the {num_devices} "
+        "device(s).\nSet --config.mesh.dcn_data to the number of slices (or "
+        "processes) the data-parallel groups span; 1 for one slice.")
   try:
-    data, fsdp, _ = mesh_lib.resolve_mesh_shape(sizes, num_devices)
+    data, fsdp, _ = mesh_lib.resolve_mesh_shape(sizes,
+                                                num_devices // dcn_data)
   except ValueError as error:
     raise errors.ConfigError(
         f"mesh (data, fsdp, tensor) = {sizes}: {error}\nSet "
         "--config.mesh.data/fsdp/tensor so that their product divides the "
-        f"{num_devices} device(s); -1 takes the rest.") from error
+        f"{num_devices // dcn_data} device(s) of each of the {dcn_data} "
+        "data-parallel group(s); -1 takes the rest.") from error
+  data *= dcn_data
   global_batch = config.batch_size
   processes = jax.process_count()
   if global_batch % processes:

@@ -117,14 +117,31 @@ def create_train_state(model_config, optimizer_config, seed: int,
   a task's carried arrays (`task_arrays`, from `Task.initial_state`) are
   split over the batch like a batch.
   """
-  model = models.build_model(model_config, rngs=nnx.Rngs(seed))
-  tx = optimizers.make_optimizer(optimizer_config)
-  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  if mesh is not None:
-    for target in (model, optimizer):
-      state = nnx.state(target)
-      nnx.update(target, jax.device_put(
-          state, parallel.state_shardings(state, mesh)))
+  def build():
+    model = models.build_model(model_config, rngs=nnx.Rngs(seed))
+    tx = optimizers.make_optimizer(optimizer_config)
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  if mesh is None:
+    model, optimizer = build()
+  else:
+    # Initialised inside jit straight into its shardings: no process ever
+    # holds a full copy of the parameters or the optimizer's moments. The
+    # moments sit inside optax's per-group states, so they take their
+    # parameter's sharding by path (`shard_like_params`).
+    abstract_model, abstract_optimizer = nnx.eval_shape(build)
+    model_def, model_state = nnx.split(abstract_model)
+    optimizer_def, optimizer_state = nnx.split(abstract_optimizer)
+    params = nnx.state(abstract_model, nnx.Param)
+    shardings = (parallel.state_shardings(model_state, mesh),
+                 parallel.shard_like_params(
+                     optimizer_state, parallel.state_shardings(params, mesh),
+                     params))
+    model_state, optimizer_state = jax.jit(
+        lambda: tuple(nnx.split(x)[1] for x in build()),
+        out_shardings=shardings)()
+    model = nnx.merge(model_def, model_state)
+    optimizer = nnx.merge(optimizer_def, optimizer_state)
   task_state = None
   if task_arrays is not None:
     if mesh is not None:

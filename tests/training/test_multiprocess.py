@@ -2,8 +2,9 @@
 
 `python -m attractor_jax.train` twice, with --coordinator_address=127.0.0.1,
 --num_processes=2 and --process_id=0/1 (one CPU device each), against one
-process with two devices and the same global batch: the losses must agree
-step by step, each process must have read only its half of every batch, and
+process with two devices and the same global batch (the two processes
+build the multi-slice mesh, `mesh.dcn_data=2`): the losses must agree step
+by step, each process must have read only its half of every batch, and
 the checkpoints must restore in a single process.
 """
 
@@ -67,7 +68,10 @@ def runs(tmp_path_factory):
   address = f"127.0.0.1:{_free_port()}"
   workers = [subprocess.Popen(
       _command(shared, f"--coordinator_address={address}",
-               "--num_processes=2", f"--process_id={i}"),
+               "--num_processes=2", f"--process_id={i}",
+               # One replica per process, the gradient all-reduce between
+               # them: the multi-slice (ICI x DCN) mesh.
+               "--config.mesh.dcn_data=2"),
       env=_environment(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
   outputs = []
