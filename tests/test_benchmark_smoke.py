@@ -42,3 +42,18 @@ def test_quick_generation_benchmark_decodes_identically(capsys):
   assert results["identical"]
   for rates in (results["end_to_end"], results["decode"]):
     assert rates["cached"] > 0 and rates["uncached"] > 0
+
+
+def test_quick_scan_compile_benchmark_covers_every_layout(capsys):
+  rows = load_benchmark("scan_compile_benchmark").main(
+      ["--depths", "2", "--dim", "16", "--seq_len", "8", "--batch", "2",
+       "--steps", "1"])
+  printed = capsys.readouterr().out
+  assert "scan+remat=full" in printed and "compile s" in printed
+  assert [r["layout"] for r in rows] == ["loop", "scan", "scan+remat=full"]
+  for row in rows:
+    assert row["compile_s"] > 0 and row["step_ms"] > 0
+  temp = {r["layout"]: r["temp_bytes"] for r in rows}
+  if temp["scan"] is not None:
+    # Remat is wired in: the backward pass keeps fewer activations.
+    assert temp["scan+remat=full"] < temp["scan"]

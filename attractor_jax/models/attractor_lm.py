@@ -15,20 +15,25 @@ from flax import nnx
 from attractor_jax.models import lm_common
 from attractor_jax.models.config import AttractorLMConfig
 from attractor_jax.nn import attractor_head
-from attractor_jax.nn import blocks
+from attractor_jax.nn import block_stack
 from attractor_jax.nn.kv_cache import KVCache
 
 
 class AttractorLM(nnx.Module):
-  """Embedding, causal backbone, attractor head, tied unembedding."""
+  """Embedding, causal backbone, attractor head, tied unembedding.
+
+  The backbone is an nnx.List of Blocks, or with `config.scan_layers` a
+  `BlockStack` (parameters stacked, one scan; `block_stack.stack_layers(
+  params, "backbone")` converts the first layout to the second).
+  """
 
   def __init__(self, config: AttractorLMConfig, *, rngs: nnx.Rngs):
     lm_common.check_config("AttractorLM", config, AttractorLMConfig)
     self.config = config
     self.embed = lm_common.Embedding(config, rngs=rngs)
-    spec = config.block_spec()
-    self.backbone = nnx.List(
-        [blocks.Block(spec, rngs=rngs) for _ in range(config.num_layers)])
+    self.backbone = block_stack.make_layers(
+        config.block_spec(), config.num_layers, scan=config.scan_layers,
+        remat=config.remat, rngs=rngs)
     self.head = attractor_head.AttractorHead(
         config.block_spec(gated=True, dtype=config.jnp_head_dtype),
         config.head_layers, config.solve, rngs=rngs)
@@ -41,10 +46,9 @@ class AttractorLM(nnx.Module):
     lm_common.check_tokens(tokens)
     positions = (lm_common.default_positions(tokens) if positions is None
                  else positions)
-    x = self.embed(tokens)
-    for block in self.backbone:
-      x = block(x, positions=positions, segment_ids=segment_ids)
-    return x
+    return block_stack.run_layers(
+        self.backbone, self.embed(tokens), positions=positions,
+        segment_ids=segment_ids, remat=self.config.remat)
 
   def init_cache(self, batch: int, max_len: int) -> dict[str, list[KVCache]]:
     """Empty key/value caches for the backbone and the head blocks."""
@@ -62,7 +66,9 @@ class AttractorLM(nnx.Module):
     The backbone attends over its cached keys and values; the head solves
     only the new positions against its cached fixed point (see
     `AttractorHead.solve_cached`). A prompt is prefilled by calling this
-    with an empty cache.
+    with an empty cache. A scanned backbone (`config.scan_layers`) runs here
+    as a loop over its layers' parameter slices, so its caches are a list of
+    per-layer KVCaches either way.
 
     Returns:
       (logits `[batch, new, vocab]`, updated cache, head solver stats).

@@ -31,6 +31,7 @@ import numpy as np
 from attractor_jax import errors
 from attractor_jax.models import registry
 from attractor_jax.nn import attractor_head
+from attractor_jax.nn import block_stack
 from attractor_jax.nn import blocks
 from attractor_jax.nn import mlp as mlp_lib
 from attractor_jax.nn import rotary
@@ -126,9 +127,20 @@ class ModelConfig:
       training refuses a bfloat16 head with a solve.tol below
       `BF16_HEAD_MIN_TOL`; "float32" here with dtype "bfloat16" is the mixed
       policy the presets' tolerances need.
+    scan_layers: hold the backbone's (attractor) or all (gpt) blocks'
+      parameters stacked on a leading "layers" axis and run them as one
+      scan (`nn/block_stack.py`): compile time stops growing with depth.
+      Another parameter layout: `block_stack.stack_layers` / `unstack_layers`
+      convert checkpoints. Attractor and gpt only.
+    remat: rematerialise those blocks in the backward pass: "none", "full"
+      (save nothing), "dots" (save matmuls without batch dimensions: the
+      dense projections, not attention scores) or "dots_saveable" (save
+      every matmul). Attractor and gpt only; with or without scan_layers.
   """
 
   KIND: ClassVar[str] = ""
+  # The model's attribute that scan_layers stacks ("": the kind has none).
+  LAYER_STACK: ClassVar[str] = ""
 
   kind: str = "attractor"
   vocab_size: int = 256
@@ -162,6 +174,8 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   head_dtype: Optional[str] = None
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __new__(cls, *args, **kwargs):
     """A bare ModelConfig(kind=K, ...) is an instance of K's config class."""
@@ -180,7 +194,8 @@ class ModelConfig:
                    param_dtype=tuple(DTYPES),
                    head_dtype=tuple(DTYPES) + (None,), mlp=mlp_lib.KINDS,
                    norm=blocks.NORM_PLACEMENTS,
-                   rope_convention=rotary.CONVENTIONS)
+                   rope_convention=rotary.CONVENTIONS,
+                   remat=tuple(block_stack.REMAT_POLICIES))
     for name, known in choices.items():
       if getattr(self, name) not in known:
         raise errors.ConfigError(
@@ -208,6 +223,15 @@ class ModelConfig:
       raise errors.ConfigError(
           f"model.dim / model.num_heads = {self.dim // self.num_heads} must "
           "be even (rotary embeddings rotate pairs of channels).")
+    if not isinstance(self.scan_layers, bool):
+      raise errors.ConfigError(
+          f"model.scan_layers must be True or False; got "
+          f"{self.scan_layers!r}.")
+    if (self.scan_layers or self.remat != "none") and not self.LAYER_STACK:
+      raise errors.ConfigError(
+          f"model.scan_layers and model.remat apply to attractor and gpt "
+          f"models only; a {self.kind} model takes scan_layers=False, "
+          f"remat='none' (got {self.scan_layers}, {self.remat!r}).")
     positive = dict(norm_eps=self.norm_eps, rope_theta=self.rope_theta,
                     gate_max=self.gate_max)
     if self.logit_softcap is not None:
@@ -276,6 +300,7 @@ class AttractorLMConfig(ModelConfig):
   """
 
   KIND: ClassVar[str] = "attractor"
+  LAYER_STACK: ClassVar[str] = "backbone"
   kind: str = "attractor"
 
   def _least_sizes(self) -> dict[str, int]:
@@ -293,6 +318,7 @@ class GPTConfig(ModelConfig):
   """The Transformer baseline (models/gpt.py): num_layers causal blocks."""
 
   KIND: ClassVar[str] = "gpt"
+  LAYER_STACK: ClassVar[str] = "blocks"
   kind: str = "gpt"
 
 

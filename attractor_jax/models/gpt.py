@@ -12,19 +12,24 @@ from flax import nnx
 
 from attractor_jax.models import lm_common
 from attractor_jax.models.config import GPTConfig
-from attractor_jax.nn import blocks
+from attractor_jax.nn import block_stack
 
 
 class GPT(nnx.Module):
-  """Embedding, `config.num_layers` causal blocks, (tied) unembedding."""
+  """Embedding, `config.num_layers` causal blocks, (tied) unembedding.
+
+  `blocks` is an nnx.List of Blocks, or with `config.scan_layers` a
+  `BlockStack` (parameters stacked, one scan; `block_stack.stack_layers(
+  params, "blocks")` converts the first layout to the second).
+  """
 
   def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
     lm_common.check_config("GPT", config, GPTConfig)
     self.config = config
     self.embed = lm_common.Embedding(config, rngs=rngs)
-    spec = config.block_spec()
-    self.blocks = nnx.List(
-        [blocks.Block(spec, rngs=rngs) for _ in range(config.num_layers)])
+    self.blocks = block_stack.make_layers(
+        config.block_spec(), config.num_layers, scan=config.scan_layers,
+        remat=config.remat, rngs=rngs)
     self.unembed = lm_common.Unembedding(
         config, self.embed if config.tie_embeddings else None, rngs=rngs)
 
@@ -44,9 +49,9 @@ class GPT(nnx.Module):
     lm_common.check_tokens(tokens)
     if positions is None:
       positions = lm_common.default_positions(tokens)
-    x = self.embed(tokens)
-    for block in self.blocks:
-      x = block(x, positions=positions, segment_ids=segment_ids)
+    x = block_stack.run_layers(self.blocks, self.embed(tokens),
+                               positions=positions, segment_ids=segment_ids,
+                               remat=self.config.remat)
     logits = self.unembed(x, self.embed if self.config.tie_embeddings
                           else None)
     loss = None

@@ -43,6 +43,7 @@ waits until the save is durable and exits (`run_guards.PreemptionWatcher`).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -342,6 +343,7 @@ class Checkpointer:
       if fields:
         message += ("\nConfig fields that differ from the checkpoint's:\n  "
                     + "\n  ".join(fields))
+    message += _layer_layout_hint(diffs)
     raise ConfigMismatchError(
         message + "\nUse a fresh workdir, or make the config match the "
         "checkpoint.")
@@ -409,6 +411,27 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _layer_layout_hint(diffs: list[str]) -> str:
+  """How to convert, when the trees differ in stacked vs per-layer blocks."""
+  found = re.search(r"(?:^|/)(backbone|blocks)/layers/", "\n".join(diffs),
+                    re.MULTILINE)
+  if not found:
+    return ""
+  key = found.group(1)
+  return (
+      f"\nThe checkpoint and the model lay out the {key!r} blocks "
+      "differently (model.scan_layers): one holds them per layer, the other "
+      "stacked. Set --config.model.scan_layers to the checkpoint's value, or "
+      "convert. A per-layer checkpoint into a scanned model: restore into "
+      "the per-layer layout, then stack it:\n"
+      f"  target = {{'model': block_stack.unstack_layers(scanned_params, "
+      f"{key!r})}}\n"
+      f"  params = block_stack.stack_layers(checkpointer.restore(step, "
+      f"target, partial=True).state['model'], {key!r})\n"
+      "(attractor_jax.nn.block_stack; the other way round, swap the two "
+      "functions).")
 
 
 def _first_line(error: Exception) -> str:
