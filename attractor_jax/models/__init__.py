@@ -28,11 +28,11 @@ _LM_ENTRIES = (
         sweep_depth=lambda config: config.solve.max_iter),
     registry.ModelEntry(GPTConfig.KIND, GPTConfig, "attractor_jax.models.gpt",
                         "GPT"),
-    # A looped model trains at up to twice its mean depth.
+    # A looped model trains at a sampled depth, up to twice its mean depth.
     registry.ModelEntry(
         LoopedConfig.KIND, LoopedConfig, "attractor_jax.models.looped",
         "Looped",
-        features={registry.DEPTH_SWEEP},
+        features={registry.DEPTH_SWEEP, registry.SAMPLED_DEPTH},
         sweep_depth=lambda config: 2 * config.mean_depth),
     registry.ModelEntry(
         DEQConfig.KIND, DEQConfig, "attractor_jax.models.deq", "DEQ",

@@ -28,7 +28,10 @@ DEPTH_SWEEP = "depth_sweep"          # a test-time depth (solver steps, loops)
 CACHED_DECODING = "cached_decoding"  # init_cache / forward_cached
 SOLVER_STATS = "solver_stats"        # its outputs carry SolverStats
 HALTING = "halting"                  # a learned halting head (reasoners)
-FEATURES = (DEPTH_SWEEP, CACHED_DECODING, SOLVER_STATS, HALTING)
+# Trains at a sampled depth: called with train=True and a key in training.
+SAMPLED_DEPTH = "sampled_depth"
+FEATURES = (DEPTH_SWEEP, CACHED_DECODING, SOLVER_STATS, HALTING,
+            SAMPLED_DEPTH)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,11 @@ class LMTask(tasks.Task):
   """Next-token prediction on packed text (configs/lm.py)."""
 
   name: str = "lm"
+  seed: int = 0
+
+  @classmethod
+  def from_config(cls, config) -> "LMTask":
+    return cls(seed=int(config.get("seed", 0)))
 
   def validate_config(self, config, workdir=None, *, num_devices=None):
     return experiment.validate_lm_config(config, workdir,
@@ -44,9 +49,16 @@ class LMTask(tasks.Task):
 
   def loss(self, model, batch):
     extra = {}
+    kind = model.config.kind
     if (tasks.PROBE_KEY in batch
-        and registry.supports(model.config.kind, registry.SOLVER_STATS)):
+        and registry.supports(kind, registry.SOLVER_STATS)):
       extra["backward_probe"] = batch[tasks.PROBE_KEY]
+    if tasks.STEP_KEY in batch and registry.supports(kind,
+                                                     registry.SAMPLED_DEPTH):
+      # Training mode (a looped model samples each sequence's depth and
+      # truncates backprop), with randomness fixed by the seed and the step.
+      extra.update(train=True, key=jax.random.fold_in(
+          jax.random.PRNGKey(self.seed), batch[tasks.STEP_KEY]))
     out = model(batch["inputs"], targets=batch["targets"],
                 positions=batch["positions"], segment_ids=batch["segment_ids"],
                 **extra)

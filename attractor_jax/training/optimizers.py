@@ -259,7 +259,20 @@ def param_labels(params, head_keys: Sequence[str] = ("head",)):
 
 def muon_dimension_numbers(names: Sequence[Any], ndim: int
                            ) -> MuonDimensionNumbers:
-  """How Muon views a parameter as a `[fan_in, fan_out]` matrix (module doc)."""
+  """How Muon views a parameter as a `[fan_in, fan_out]` matrix (module doc).
+
+  Layers stacked for a scan (`nn/block_stack.py`: a "layers" entry in the
+  path, the layer index leading) are viewed layer by layer: the numbers of
+  one layer's parameter, shifted past the leading axis, which Muon then
+  treats as a batch of matrices.
+  """
+  if "layers" in [str(n) for n in names] and ndim >= 3:
+    inner = muon_dimension_numbers(
+        [n for n in names if str(n) != "layers"], ndim - 1)
+    shift = lambda axes: (axes + 1 if isinstance(axes, int)
+                          else tuple(a + 1 for a in axes))
+    return MuonDimensionNumbers(reduction_axis=shift(inner.reduction_axis),
+                                output_axis=shift(inner.output_axis))
   if ndim <= 2:
     return MuonDimensionNumbers(reduction_axis=0, output_axis=1)
   leaf = str(names[-1]) if names else ""

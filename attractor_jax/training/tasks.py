@@ -43,6 +43,9 @@ STATE_KEY = "task_state"
 # The batch key of a `backward_probe` (tasks that set `uses_backward_probe`
 # pass it to their model's solve; the trainer logs what it reports).
 PROBE_KEY = "backward_probe"
+# The batch key of the optimizer's step count (int32 scalar), from which a
+# task derives the step's randomness (resumes draw the same).
+STEP_KEY = "step"
 
 # name -> (module, class): imported on use, so an LM run does not import the
 # puzzle code and the other way round.

@@ -165,9 +165,10 @@ def train_step(model, optimizer, batch, loss_limit=jnp.inf, task_state=None,
   the optimizer's `apply_if_finite` skips and counts. `health/<check>` says
   which check failed; `bad_steps_in_a_row` counts the current run of them.
   """
-  if task_state is not None:
-    batch = dict(batch, **{tasks.STATE_KEY: task_state.get()})
   step = optimizer.step[...]
+  batch = dict(batch, **{tasks.STEP_KEY: step})
+  if task_state is not None:
+    batch[tasks.STATE_KEY] = task_state.get()
   probe = solvers.backward_probe()
 
   def loss_fn(model, probe):

@@ -115,6 +115,27 @@ def test_muon_dimension_numbers_of_attention_weights():
   assert dn(("mlp", "w_in"), 2) == optax.contrib.MuonDimensionNumbers(0, 1)
 
 
+def test_muon_views_scanned_layers_one_layer_at_a_time():
+  dn = optimizers.muon_dimension_numbers
+  assert dn(("backbone", "layers", "attn", "wq"), 4) == (
+      optax.contrib.MuonDimensionNumbers(1, (2, 3)))
+  assert dn(("backbone", "layers", "attn", "wo"), 4) == (
+      optax.contrib.MuonDimensionNumbers((1, 2), 3))
+  assert dn(("blocks", "layers", "mlp", "w_in"), 3) == (
+      optax.contrib.MuonDimensionNumbers(1, 2))
+  # A stacked update equals the layers' own updates, stacked.
+  layers = [ill_conditioned(seed, 16, 32) for seed in (0, 1, 2)]
+  stacked = {"backbone": {"layers": {"mlp": {"w_in": jnp.stack(layers)}}}}
+  single = [{"backbone": {"mlp": {"w_in": g}}} for g in layers]
+  cfg = config(name="muon", lr=1.0, eps=1e-8)
+  up = first_update(cfg, jax.tree.map(jnp.zeros_like, stacked), stacked)
+  for i, grads in enumerate(single):
+    one = first_update(cfg, jax.tree.map(jnp.zeros_like, grads), grads)
+    np.testing.assert_allclose(up["backbone"]["layers"]["mlp"]["w_in"][i],
+                               one["backbone"]["mlp"]["w_in"], rtol=1e-4,
+                               atol=1e-6)
+
+
 # ---------------------------------------------------------------- optimizer
 
 
