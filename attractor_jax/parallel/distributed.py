@@ -9,7 +9,7 @@ none of them given, a cluster that JAX recognises (a multi-host Cloud TPU
 VM, a SLURM or Open MPI job, Kubernetes) is detected and initialised by JAX
 itself; anywhere else the command runs as a single process. Afterwards
 `jax.devices()` lists every process's devices, the mesh spans them all, and
-each process loads only its rows of every batch (docs/scaling.md).
+each process loads only its rows of every batch (docs/launching.md).
 
 Two processes on one machine, with CPU collectives (gloo), are a complete
 multi-host run:
