@@ -105,14 +105,24 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   config.divergence = ml_collections.ConfigDict(dict(
       max_consecutive_bad_steps=20, max_loss_factor=3.0))
 
+  # The paper's recipe for the presets (docs/design.md section 2): Muon for
+  # backbone matrices, AdamW (betas 0.8 / 0.95, eps 1e-10) for the rest, the
+  # head at lr * fp_lr_scale with its own weight decay. Muon's updates are
+  # scaled to RMS 0.2 x lr, what AdamW's reach (arXiv 2502.16982), so one lr
+  # serves both; with optax's default scaling they were 30x smaller.
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw" if tiny else "muon",
       lr=3e-3 if tiny else 3e-4,
       schedule="trapezoid",
       warmup_steps=20 if tiny else 1000,
       decay_fraction=0.5,
+      b1=0.9 if tiny else 0.8,
+      b2=0.95,
+      eps=1e-8 if tiny else 1e-10,
       weight_decay=0.0 if tiny else 0.1,
+      fp_wd=0.0 if tiny else 0.1,
       fp_lr_scale=1.0 if tiny else 0.75,
+      muon_consistent_rms=config_dict.placeholder(float) if tiny else 0.2,
       clip_norm=1.0,
   ))
   # Within a slice (ICI): data x fsdp x tensor; dcn_data: data parallelism

@@ -1,5 +1,7 @@
 """Tests of attractor_jax.training.optimizers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -300,3 +302,21 @@ def test_training_an_attractor_lm_reduces_loss_and_skips_nan_gradients():
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params(),
                        before_params)
   assert all(jax.tree.leaves(moved))
+
+
+def test_preset_recipe_scales_muon_updates_to_adamw_rms():
+  """The presets' recipe: AdamW (0.8, 0.95, 1e-10), fp_wd explicit, and Muon
+  updates of RMS 0.2 x lr (without the rescaling, 1 / sqrt(width) x lr)."""
+  from attractor_jax.configs import lm
+  fields = dict(lm.get_config("attractor-140m").optimizer.to_dict(),
+                schedule="constant", warmup_steps=0, total_steps=10)
+  cfg = optimizers.OptimizerConfig.from_config(fields)
+  assert (cfg.b1, cfg.b2, cfg.eps, cfg.fp_wd) == (0.8, 0.95, 1e-10, 0.1)
+  grads = {"backbone": {"w": ill_conditioned(0, 256, 256)}}
+  params = jax.tree.map(jnp.zeros_like, grads)
+  rms = lambda x: float(jnp.sqrt(jnp.mean(jnp.square(x))))
+  update = first_update(cfg, params, grads)["backbone"]["w"]
+  np.testing.assert_allclose(rms(update) / cfg.lr, 0.2, rtol=0.1)
+  plain = first_update(dataclasses.replace(cfg, muon_consistent_rms=None),
+                       params, grads)["backbone"]["w"]
+  assert rms(plain) / cfg.lr < 0.1
