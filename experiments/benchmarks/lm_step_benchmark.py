@@ -13,9 +13,9 @@ backward, float32, AdamW (4.46M parameters). Any preset name works too.
 
 The step is the trainer's own `train_step` (forward, backward, optimizer,
 health checks, metrics): 3 warm-up steps, then the median of 10 timed ones.
-FLOPs are counted from the model's shapes (matmuls and attention; see
-`train_flops_per_token`), every solver iteration included, so MFU does not
-depend on what XLA reports for a while loop. `--memory_depths` prints the
+FLOPs are counted from the model's shapes (matmuls and attention;
+`attractor_jax/models/flops.py`), every solver iteration included, so MFU
+does not depend on what XLA reports for a while loop. `--memory_depths` prints the
 compiled temporary memory of the step for implicit (onestep) vs unrolled
 backward at several solver depths: flat vs growing.
 """
@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from attractor_jax import models
+from attractor_jax.models import flops as flops_lib
 from attractor_jax.models import presets
 from attractor_jax.models.config import AttractorLMConfig
 from attractor_jax.nn.attractor_head import SolveConfig
@@ -66,26 +67,6 @@ def model_config(args):
         config.solve, max_iter=args.forced_iters,
         min_iter=min(args.forced_iters, config.solve.min_iter), tol=1e-30)
   return config.replace(**changes) if changes else config
-
-
-def train_flops_per_token(config, seq_len: int, iterations: float) -> float:
-  """Training FLOPs per token: 2 per multiply-add, backward twice forward.
-
-  Backbone blocks: forward + backward (3 x forward). Head: `iterations`
-  forward evaluations in the solve, plus the onestep / implicit backward's
-  one linearisation at y* (forward + J^T v + the parameter vjp, ~5 x
-  forward), counted as for `onestep`. Unembedding: 3 x forward. Attention
-  scores and mixing count the full (non-causal) seq x seq products, as
-  PaLM's MFU does.
-  """
-  d, f = config.dim, config.mlp_dim
-  mlp_matrices = 3 if config.mlp == "swiglu" else 2
-  block = 2 * (4 * d * d + mlp_matrices * d * f) + 2 * 2 * seq_len * d
-  backbone = 3 * config.num_layers * block
-  head_block = config.head_layers * block
-  head = head_block * (iterations + 5)
-  unembed = 3 * 2 * d * config.vocab_size
-  return float(backbone + head + unembed)
 
 
 def count_params(config) -> int:
@@ -191,8 +172,8 @@ def main(argv=None) -> dict:
   config = model_config(args)
   result = time_steps(config, args)
   tokens = args.batch * args.seq_len
-  flops = train_flops_per_token(config, args.seq_len,
-                                result["iterations"]) * tokens
+  flops = flops_lib.train_flops_per_token(config, args.seq_len,
+                                          result["iterations"]) * tokens
   peak = peak_flops(args)
   result.update(tokens_per_s=tokens / result["seconds"],
                 flops_per_step=flops,
