@@ -32,11 +32,12 @@ _LM_ENTRIES = (
     registry.ModelEntry(
         LoopedConfig.KIND, LoopedConfig, "attractor_jax.models.looped",
         "Looped",
-        features={registry.DEPTH_SWEEP, registry.SAMPLED_DEPTH},
+        features={registry.DEPTH_SWEEP, registry.TRAIN_KEY},
         sweep_depth=lambda config: 2 * config.mean_depth),
     registry.ModelEntry(
         DEQConfig.KIND, DEQConfig, "attractor_jax.models.deq", "DEQ",
-        features={registry.DEPTH_SWEEP, registry.SOLVER_STATS},
+        features={registry.DEPTH_SWEEP, registry.SOLVER_STATS,
+                  registry.TRAIN_KEY},
         sweep_depth=lambda config: config.solve.max_iter),
 )
 for _entry in _LM_ENTRIES:

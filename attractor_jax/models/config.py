@@ -120,6 +120,8 @@ class ModelConfig:
       no gradient.
     dtype, param_dtype: "float32" / "bfloat16" activations and parameters
       (the optimizer's state follows the parameters).
+    jacobian_penalty: DEQ only: weight of the Hutchinson estimate of
+      ||df/dz||_F^2 / dim at z* added to the training loss (models/deq.py).
     head_dtype: the compute dtype of the blocks that are solved (the
       attractor head, the DEQ core); None: `dtype`. Their iterates, the
       residuals and the solver's state are float32 whatever it is. A
@@ -174,6 +176,7 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   head_dtype: Optional[str] = None
+  jacobian_penalty: float = 0.0
   scan_layers: bool = False
   remat: str = "none"
 
@@ -241,6 +244,10 @@ class ModelConfig:
     for name, value in positive.items():
       if not value > 0:
         raise errors.ConfigError(f"model.{name} must be > 0; got {value!r}.")
+    if not (isinstance(self.jacobian_penalty, numbers.Real)
+            and self.jacobian_penalty >= 0):
+      raise errors.ConfigError(f"model.jacobian_penalty must be a number >= "
+                               f"0; got {self.jacobian_penalty!r}.")
     self._check_kind()
 
   def _least_sizes(self) -> dict[str, int]:

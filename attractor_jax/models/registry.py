@@ -28,10 +28,11 @@ DEPTH_SWEEP = "depth_sweep"          # a test-time depth (solver steps, loops)
 CACHED_DECODING = "cached_decoding"  # init_cache / forward_cached
 SOLVER_STATS = "solver_stats"        # its outputs carry SolverStats
 HALTING = "halting"                  # a learned halting head (reasoners)
-# Trains at a sampled depth: called with train=True and a key in training.
-SAMPLED_DEPTH = "sampled_depth"
-FEATURES = (DEPTH_SWEEP, CACHED_DECODING, SOLVER_STATS, HALTING,
-            SAMPLED_DEPTH)
+# Has a training mode that draws random numbers: called with train=True and
+# a PRNG key in training (a looped model's sampled depths, a DEQ's Jacobian
+# penalty probes).
+TRAIN_KEY = "train_key"
+FEATURES = (DEPTH_SWEEP, CACHED_DECODING, SOLVER_STATS, HALTING, TRAIN_KEY)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,9 +54,10 @@ class LMTask(tasks.Task):
         and registry.supports(kind, registry.SOLVER_STATS)):
       extra["backward_probe"] = batch[tasks.PROBE_KEY]
     if tasks.STEP_KEY in batch and registry.supports(kind,
-                                                     registry.SAMPLED_DEPTH):
+                                                     registry.TRAIN_KEY):
       # Training mode (a looped model samples each sequence's depth and
-      # truncates backprop), with randomness fixed by the seed and the step.
+      # truncates backprop; a DEQ adds its Jacobian penalty), with
+      # randomness fixed by the seed and the step.
       extra.update(train=True, key=jax.random.fold_in(
           jax.random.PRNGKey(self.seed), batch[tasks.STEP_KEY]))
     out = model(batch["inputs"], targets=batch["targets"],

@@ -38,8 +38,8 @@ def formula(config) -> int:
   elif config.kind == "looped":
     blocks = config.prelude_layers + config.num_layers + config.coda_layers
     extra = 2 * d                                          # decay a, scale b
-  else:                                                    # deq: untied head
-    blocks, extra = config.num_layers, v * d
+  else:                                     # deq: untied head, gated core
+    blocks, extra = config.num_layers, v * d + config.num_layers * 2 * d
   untied = 0 if config.tie_embeddings or config.kind == "deq" else v * d
   return v * d + blocks * block + extra + final_norm + untied
 
@@ -50,7 +50,7 @@ EXPECTED = {
     "attractor-790m": 787e6, "gpt-140m": 134e6, "gpt-370m": 376e6,
     "gpt-770m": 769e6, "looped-140m": 134e6, "looped-370m": 376e6,
     "looped-770m": 770e6, "attractor-tiny": 165e3, "gpt-tiny": 164e3,
-    "looped-tiny": 165e3, "deq-tiny": 131e3,
+    "looped-tiny": 165e3, "deq-tiny": 132e3,
 }
 
 
