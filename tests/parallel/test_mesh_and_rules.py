@@ -310,19 +310,24 @@ print("RESULT" + json.dumps(out))
 '''
 
 
-@pytest.fixture(scope="module")
-def eight_devices():
-  """The multi-device script's results (one subprocess for all tests)."""
+def run_on_eight_devices(script: str, *args: str) -> dict:
+  """Runs `script` on 8 fake CPU devices; returns the JSON it printed after
+  "RESULT" (XLA_FLAGS must be set before JAX starts: a subprocess)."""
   root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root,
              XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT,
-                           os.path.abspath(__file__)],
+  result = subprocess.run([sys.executable, "-c", script, *args],
                           capture_output=True, text=True, timeout=300,
                           env=env, cwd=root)
   assert result.returncode == 0, result.stdout + result.stderr
   line = [l for l in result.stdout.splitlines() if l.startswith("RESULT")]
   return json.loads(line[-1][len("RESULT"):])
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+  """The multi-device script's results (one subprocess for all tests)."""
+  return run_on_eight_devices(MULTI_DEVICE_SCRIPT, os.path.abspath(__file__))
 
 
 def test_meshes_on_eight_devices(eight_devices):

@@ -7,13 +7,9 @@ the state's channels over tensor, so every per-example norm, Anderson's Gram
 matrix and its small solve, and the convergence test reduce across devices.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from test_mesh_and_rules import run_on_eight_devices
 
 SCRIPT = r'''
 import json
@@ -119,14 +115,7 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-  root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=root)
-  assert result.returncode == 0, result.stdout + result.stderr
-  line = [l for l in result.stdout.splitlines() if l.startswith("RESULT")]
-  return json.loads(line[-1][len("RESULT"):])
+  return run_on_eight_devices(SCRIPT)
 
 
 @pytest.mark.parametrize("solver", ["anderson", "picard"])
