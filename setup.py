@@ -39,6 +39,10 @@ setuptools.setup(
             "pytest-xdist>=3.5",
             # Cross-check only: jaxopt is no longer maintained upstream.
             "jaxopt>=0.8.3",
+            # tests/test_notebooks.py executes experiments/notebooks/.
+            "nbformat>=5.9",
+            "nbclient>=0.9",
+            "ipykernel>=6.25",
         ],
     },
 )
