@@ -12,9 +12,8 @@ context the model was trained on (the run's data.seq_len). A bad input prints
 `error: ...` and what to do and exits with status 2 (docs/bad_inputs.md).
 """
 
-import os
-
 from absl import flags
+from etils import epath
 import ml_collections
 
 from attractor_jax import commands
@@ -97,8 +96,7 @@ def main(argv):
               temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
               step=_STEP.value)
   config = experiment.load_config(workdir)
-  tokenizer = data_lib.load_tokenizer(os.path.join(workdir,
-                                                   "tokenizer.model"))
+  tokenizer = data_lib.load_tokenizer(epath.Path(workdir) / "tokenizer.model")
   check_fits(len(tokenizer.encode(_PROMPT.value)), _NUM_TOKENS.value,
              _TOP_K.value, config)
   experiment.check_checkpoint_exists(workdir, _STEP.value)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 from attractor_jax import errors
 
@@ -33,13 +34,44 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 NEWLINE_PIECE = "\n"
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for a URL (gs://BUCKET/..., s3://...), which only epath can reach."""
+  return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike):
+  """A local path as a `pathlib.Path` (with `~` expanded), a URL (gs://...)
+  as an `etils.epath.Path`."""
+  if is_remote(path):
+    return epath.Path(path)
+  return pathlib.Path(path).expanduser()
+
+
+def write_model_file(data: bytes, path: str | os.PathLike) -> None:
+  """Writes a model file so that readers never see half of it.
+
+  A local file is written to a temporary file and renamed; an object store
+  (gs://) has no rename, but an object is only visible once written whole.
+  """
+  path = as_path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(path):
+    path.write_bytes(data)
+    return
+  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name,
+                                   suffix=".tmp", delete=False) as temporary:
+    temporary.write(data)
+  os.replace(temporary.name, path)
+
+
 class Tokenizer:
   """A thin wrapper over `sentencepiece.SentencePieceProcessor`."""
 
   def __init__(self, processor: spm.SentencePieceProcessor,
                path: str | os.PathLike | None = None):
     self.processor = processor
-    self.path = None if path is None else pathlib.Path(path)
+    self.path = None if path is None else (
+        epath.Path(path) if is_remote(path) else pathlib.Path(path))
 
   @property
   def vocab_size(self) -> int:
@@ -78,19 +110,40 @@ class Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-  """Loads a SentencePiece `.model` file.
+  """Loads a SentencePiece `.model` file, local or at a URL (gs://...: its
+  bytes are read through etils.epath, as SentencePiece reads local files
+  only).
 
   Raises:
     errors.MissingPathError (a FileNotFoundError): the file does not exist.
     errors.DataError (a ValueError): it is not a SentencePiece model.
   """
-  path = pathlib.Path(path).expanduser()
+  path = as_path(path)
   if not path.is_file():
     raise errors.MissingPathError(
         f"Tokenizer model file does not exist: '{path}'")
+  if is_remote(path):
+    return tokenizer_from_bytes(path.read_bytes(), path)
   try:
     processor = spm.SentencePieceProcessor(model_file=str(path))
   except (RuntimeError, OSError) as error:
+    raise errors.DataError(
+        f"'{path}' is not a SentencePiece model file; pass a .model file "
+        "written by SentencePiece") from error
+  return Tokenizer(processor, path)
+
+
+def tokenizer_from_bytes(data: bytes,
+                         path: str | os.PathLike | None = None) -> Tokenizer:
+  """A tokenizer from the bytes of a SentencePiece `.model` file (`path`:
+  where those bytes are kept, for messages).
+
+  Raises:
+    errors.DataError (a ValueError): they are not a SentencePiece model.
+  """
+  try:
+    processor = spm.SentencePieceProcessor(model_proto=data)
+  except (RuntimeError, OSError, TypeError) as error:
     raise errors.DataError(
         f"'{path}' is not a SentencePiece model file; pass a .model file "
         "written by SentencePiece") from error
@@ -111,15 +164,6 @@ def _training_sentences(documents: Iterable[str], max_sentences: int,
   return sentences
 
 
-def _write_atomically(data: bytes, path: pathlib.Path) -> None:
-  """Writes via a temporary file and a rename: readers never see half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name,
-                                   suffix=".tmp", delete=False) as temporary:
-    temporary.write(data)
-  os.replace(temporary.name, path)
-
-
 def train_sentencepiece(documents: Iterable[str], vocab_size: int,
                         model_prefix: str | os.PathLike, *,
                         max_sentences: int = 500_000, seed: int = 0,
@@ -129,7 +173,8 @@ def train_sentencepiece(documents: Iterable[str], vocab_size: int,
   Args:
     documents: the training text (for a very large corpus, pass a sample).
     vocab_size: the exact vocabulary size, special and byte pieces included.
-    model_prefix: where to write; the model goes to `<model_prefix>.model`.
+    model_prefix: where to write; the model goes to `<model_prefix>.model`
+      (local, or a URL such as gs://BUCKET/run/tokenizer).
     max_sentences: lines used at most (a seeded sample beyond that).
     seed: chooses the sample.
     num_threads: trainer threads (the pieces do not depend on it;
@@ -153,8 +198,8 @@ def train_sentencepiece(documents: Iterable[str], vocab_size: int,
   except RuntimeError as error:
     raise errors.DataError(
         _training_failure(str(error), vocab_size, len(sentences))) from error
-  path = pathlib.Path(f"{os.fspath(model_prefix)}.model").expanduser()
-  _write_atomically(model.getvalue(), path)
+  path = as_path(f"{os.fspath(model_prefix)}.model")
+  write_model_file(model.getvalue(), path)
   return path
 
 
@@ -200,7 +245,8 @@ def get_or_train_tokenizer(workdir: str | os.PathLike,
     write identical bytes; preferably only one trains and the rest wait.
 
   Args:
-    workdir: the run's directory (created if needed).
+    workdir: the run's directory (created if needed); local or a URL
+      (gs://BUCKET/PATH, read and written through etils.epath).
     documents: training text; only read when a model must be trained.
     vocab_size: the expected vocabulary size (None: accept any when reusing).
     model_file: an existing SentencePiece model to use instead of training.
@@ -214,15 +260,18 @@ def get_or_train_tokenizer(workdir: str | os.PathLike,
       on.
     FileNotFoundError: `model_file` does not exist.
   """
-  target = pathlib.Path(workdir).expanduser() / TOKENIZER_FILENAME
+  target = as_path(workdir) / TOKENIZER_FILENAME
   if model_file is not None:
-    source = pathlib.Path(model_file).expanduser()
+    source = as_path(model_file)
     if not source.is_file():
       raise errors.MissingPathError(
           f"Tokenizer model file does not exist: '{source}'")
     if not target.exists():
       target.parent.mkdir(parents=True, exist_ok=True)
-      shutil.copyfile(source, target)
+      if is_remote(source) or is_remote(target):
+        target.write_bytes(source.read_bytes())
+      else:
+        shutil.copyfile(source, target)
     elif target.read_bytes() != source.read_bytes():
       raise errors.DataError(
           f"Workdir tokenizer '{target}' differs from the given model file "
@@ -233,8 +282,8 @@ def get_or_train_tokenizer(workdir: str | os.PathLike,
                        "train one on")
     if vocab_size is None:
       raise ValueError("vocab_size is required to train a tokenizer")
-    train_sentencepiece(documents, vocab_size, target.with_suffix(""),
-                        seed=seed)
+    train_sentencepiece(documents, vocab_size,
+                        os.fspath(target.with_suffix("")), seed=seed)
   tokenizer = load_tokenizer(target)
   _check_vocab_size(tokenizer, vocab_size)
   return tokenizer

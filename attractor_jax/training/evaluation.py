@@ -18,6 +18,7 @@ iterable. A sweep passes over the batches once per depth, so it needs a list
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from attractor_jax import parallel
@@ -174,9 +176,9 @@ def _json_value(x: Any) -> Any:
 
 
 def read_depth_sweep(path: str | os.PathLike) -> list[dict]:
-  """The rows of a depth_sweep.json, with "nan"/"inf" strings as floats."""
-  with open(path, encoding="utf-8") as f:
-    rows = json.load(f)
+  """The rows of a depth_sweep.json (local or gs://), with "nan"/"inf"
+  strings as floats."""
+  rows = json.loads(epath.Path(path).read_text())
   return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()}
           for row in rows]
 
@@ -198,7 +200,8 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike
                       ) -> dict[str, str]:
-  """Writes depth_sweep.json, .txt (aligned table) and .png into out_dir.
+  """Writes depth_sweep.json, .txt (aligned table) and .png into out_dir
+  (local or gs://BUCKET/PATH: written through etils.epath).
 
   JSON holds standard numbers, non-finite ones as the strings "nan"/"inf"
   (`read_depth_sweep` reads them back). The plot shows perplexity, and below
@@ -211,14 +214,13 @@ def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   out_dir = os.fspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   paths = {ext: os.path.join(out_dir, f"depth_sweep.{ext}")
            for ext in ("json", "txt", "png")}
-  with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump([{k: _json_value(v) for k, v in row.items()} for row in rows],
-              f, indent=2, allow_nan=False)
-  with open(paths["txt"], "w", encoding="utf-8") as f:
-    f.write(format_table(rows))
+  epath.Path(paths["json"]).write_text(json.dumps(
+      [{k: _json_value(v) for k, v in row.items()} for row in rows],
+      indent=2, allow_nan=False))
+  epath.Path(paths["txt"]).write_text(format_table(rows))
 
   ts = [row["T"] for row in rows]
   column = lambda key: [row.get(key, math.nan) for row in rows]
@@ -238,5 +240,7 @@ def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike
   bottom.set_xlabel("test-time iterations T")
   for ax in (top, bottom):
     ax.grid(True, alpha=0.3)
-  fig.savefig(paths["png"], dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
+  epath.Path(paths["png"]).write_bytes(png.getvalue())
   return paths

@@ -3,7 +3,8 @@
 Shared by `train`, `evaluate` and `generate`, so the three read a workdir the
 same way. The workdir holds `config.json` (the training config),
 `tokenizer.model`, `checkpoints/`, `metrics.jsonl`, `tensorboard/` and
-`eval/`.
+`eval/`. The workdir may be local or a URL (`gs://BUCKET/PATH`, shared by
+every host of a pod): its files are read and written through `etils.epath`.
 
 `validate_config` checks a whole training config before anything is read or
 written; the data functions raise `errors.DataError` for a corpus they cannot
@@ -28,6 +29,7 @@ import jax
 import ml_collections
 from absl import flags
 from absl import logging
+from etils import epath
 from flax import nnx
 
 from attractor_jax import data as data_lib
@@ -153,9 +155,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
   """Reads the corpus, gets or trains the tokenizer, builds the pipelines.
 
   A tokenizer the workdir lacks is trained (or copied from
-  data.tokenizer_model) into a temporary folder and moved into the workdir
-  only once both pipelines are built, so a corpus that turns out unusable
-  leaves no tokenizer behind.
+  data.tokenizer_model) into a local temporary folder and written into the
+  workdir (by process 0) only once both pipelines are built, so a corpus
+  that turns out unusable leaves no tokenizer behind.
 
   Raises:
     errors.DataError, errors.MissingPathError: a corpus or tokenizer that
@@ -164,9 +166,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
   train_docs, val_docs = _split(config)
   data_config = config.data
   model_file = data_config.tokenizer_model or None
-  target = os.path.join(workdir, tokenizer_lib.TOKENIZER_FILENAME)
+  target = epath.Path(workdir) / tokenizer_lib.TOKENIZER_FILENAME
   with tempfile.TemporaryDirectory(prefix="attractor-tokenizer-") as staging:
-    staged = not os.path.exists(target)
+    staged = not target.exists()
     tokenizer = data_lib.get_or_train_tokenizer(
         staging if staged else workdir, train_docs if staged else None,
         data_config.vocab_size, model_file=model_file)
@@ -179,16 +181,17 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
   return LMData(tokenizer, train, validation)
 
 
-def _install_tokenizer(staged: os.PathLike, target: str):
-  """Moves a staged tokenizer into the workdir (atomically: hosts that share
-  the workdir write the same bytes) and loads it from there."""
-  os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-  with tempfile.NamedTemporaryFile(
-      dir=os.path.dirname(target) or ".", prefix=os.path.basename(target),
-      suffix=".tmp", delete=False) as temporary:
-    temporary.write(pathlib.Path(staged).read_bytes())
-  os.replace(temporary.name, target)
-  return data_lib.load_tokenizer(target)
+def _install_tokenizer(staged: os.PathLike, target: epath.Path):
+  """Copies a staged tokenizer into the workdir and loads it.
+
+  Process 0 writes the file (a local one atomically, an object on gs:// whole:
+  readers never see half of it); every process loads the staged bytes, which
+  are what process 0 wrote, so none waits for the file to appear.
+  """
+  data = pathlib.Path(staged).read_bytes()
+  if distributed.is_main_process():
+    tokenizer_lib.write_model_file(data, target)
+  return tokenizer_lib.tokenizer_from_bytes(data, target)
 
 
 def prepare_validation(config: ml_collections.ConfigDict, workdir: str,
@@ -203,7 +206,7 @@ def prepare_validation(config: ml_collections.ConfigDict, workdir: str,
   _, val_docs = _split(config, need_train=False)
   if tokenizer is None:
     tokenizer = data_lib.load_tokenizer(
-        os.path.join(workdir, tokenizer_lib.TOKENIZER_FILENAME))
+        epath.Path(workdir) / tokenizer_lib.TOKENIZER_FILENAME)
   return _validation_batches(config, val_docs, tokenizer)
 
 
@@ -373,7 +376,7 @@ def check_workdir_model(workdir: str, model_config,
   Raises:
     checkpoints.ConfigMismatchError: naming every differing field.
   """
-  if not os.path.exists(os.path.join(workdir, CONFIG_NAME)):
+  if not (epath.Path(workdir) / CONFIG_NAME).exists():
     return
   saved = load_config(workdir)
   try:
@@ -520,8 +523,7 @@ def validate_data(config: ml_collections.ConfigDict,
         f"--config.data.source= one of {', '.join(DATA_SOURCES)}.")
   check_number(config, "data.validation_fraction", 0, 1, low_open=True,
           high_open=True)
-  if workdir is not None and os.path.exists(workdir) and not os.path.isdir(
-      workdir):
+  if workdir is not None and _is_file_not_folder(epath.Path(workdir)):
     raise errors.ConfigError(
         f"--workdir={workdir} is a file.\nPass a new or existing folder.")
   _check_tokenizers(config, workdir)
@@ -544,6 +546,10 @@ def validate_data(config: ml_collections.ConfigDict,
       _split(config)      # reads it: binary, empty, too small
   else:     # builtin: in memory, cached for prepare_data
     _split(config)
+
+
+def _is_file_not_folder(path: epath.Path) -> bool:
+  return path.exists() and not path.is_dir()
 
 
 def _text_files(path: str) -> list[pathlib.Path]:
@@ -577,9 +583,9 @@ def _check_tokenizers(config, workdir: Optional[str]) -> None:
   """A given or existing tokenizer must have data.vocab_size pieces."""
   data_config = config.data
   vocab_size = data_config.vocab_size
-  existing = (os.path.join(workdir, tokenizer_lib.TOKENIZER_FILENAME)
+  existing = (epath.Path(workdir) / tokenizer_lib.TOKENIZER_FILENAME
               if workdir else None)
-  if existing and os.path.exists(existing):
+  if existing and existing.exists():
     tokenizer = data_lib.load_tokenizer(existing)
     if tokenizer.vocab_size != vocab_size:
       raise errors.DataError(
@@ -588,8 +594,10 @@ def _check_tokenizers(config, workdir: Optional[str]) -> None:
           f"--config.data.vocab_size={tokenizer.vocab_size}, or use a fresh "
           "workdir.")
   if data_config.tokenizer_model:
-    given = os.path.expanduser(data_config.tokenizer_model)
-    if not os.path.isfile(given):
+    given = data_config.tokenizer_model
+    if not tokenizer_lib.is_remote(given):
+      given = os.path.expanduser(given)
+    if not tokenizer_lib.as_path(given).is_file():
       raise errors.MissingPathError(
           f"config.data.tokenizer_model {given!r} does not exist.\nPass "
           "--config.data.tokenizer_model= a SentencePiece .model file, or "
@@ -600,13 +608,13 @@ def _check_tokenizers(config, workdir: Optional[str]) -> None:
           f"config.data.tokenizer_model {given} has {tokenizer.vocab_size} "
           f"pieces, but config.data.vocab_size is {vocab_size}.\nPass "
           f"--config.data.vocab_size={tokenizer.vocab_size}.")
-    if existing and os.path.exists(existing) and (
-        pathlib.Path(existing).read_bytes() != pathlib.Path(given).read_bytes()):
+    if existing and existing.exists() and (
+        existing.read_bytes() != tokenizer_lib.as_path(given).read_bytes()):
       raise errors.DataError(
           f"The workdir's tokenizer {existing} differs from "
           f"config.data.tokenizer_model {given}; a run keeps one tokenizer.\n"
           "Use a fresh workdir, or drop --config.data.tokenizer_model.")
-  elif not (existing and os.path.exists(existing)) and (
+  elif not (existing and existing.exists()) and (
       vocab_size < MIN_TRAINED_VOCAB):
     raise errors.ConfigError(
         f"config.data.vocab_size {vocab_size} is too small for a trained "
@@ -639,10 +647,10 @@ def check_checkpoint_exists(workdir: str, step: Optional[int] = None) -> None:
   and generate fail at once, before building a model; whether a checkpoint
   that is there can be read is the Checkpointer's to say.
   """
-  directory = os.path.join(workdir, "checkpoints")
-  steps = sorted(int(name) for name in (
-      os.listdir(directory) if os.path.isdir(directory) else [])
-                 if name.isdigit())
+  directory = epath.Path(workdir) / "checkpoints"
+  steps = sorted(int(path.name) for path in (
+      directory.iterdir() if directory.is_dir() else [])
+                 if path.name.isdigit())
   if not steps:
     raise errors.MissingPathError(
         f"No checkpoint in {directory}.\nTrain first: python -m "
@@ -654,10 +662,10 @@ def check_checkpoint_exists(workdir: str, step: Optional[int] = None) -> None:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the training config as `workdir/config.json`."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_NAME), "w", encoding="utf-8") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
+  """Writes the training config as `workdir/config.json` (local or gs://)."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / CONFIG_NAME).write_text(config.to_json(indent=2, sort_keys=True))
 
 
 def check_step_flag(step: Optional[int]) -> None:
@@ -670,14 +678,13 @@ def check_step_flag(step: Optional[int]) -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The training config a run saved in its workdir."""
-  path = os.path.join(workdir, CONFIG_NAME)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / CONFIG_NAME
+  if not path.exists():
     raise errors.MissingPathError(
         f"{path} does not exist: {workdir!r} is not a training workdir.\n"
         "Pass the --workdir of a run of python -m attractor_jax.train.")
   try:
-    with open(path, encoding="utf-8") as f:
-      return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
   except (ValueError, UnicodeDecodeError) as error:
     raise errors.DataError(
         f"{path} is not a JSON training config ({error}).\nPass the "

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 
 from attractor_jax import data as data_lib
 from attractor_jax.models import registry
@@ -92,16 +93,14 @@ class LMTask(tasks.Task):
                                       seed=config.seed,
                                       trained_context=config.data.seq_len)
       if distributed.is_main_process():
-        with open(os.path.join(workdir, "sample.txt"), "w",
-                  encoding="utf-8") as f:
-          f.write(results["sample"])
+        (epath.Path(workdir) / "sample.txt").write_text(results["sample"])
       print(f"\nSample:\n{results['sample']}\n")
     return results
 
 
   def inference_setup(self, config, workdir):
     tokenizer = data_lib.load_tokenizer(
-        os.path.join(workdir, "tokenizer.model"))
+        epath.Path(workdir) / "tokenizer.model")
     return (experiment.model_config_from(config, tokenizer.vocab_size),
             tokenizer)
 

@@ -16,15 +16,24 @@ TensorFlow needed) and `workdir/metrics.jsonl`, one JSON object per
 infinity, so non-finite values are written as the strings "nan", "inf" and
 "-inf" (`float()` reads them back); the line stays standard JSON. Two calls
 for the same step (say train and eval) write two lines.
+
+A workdir on an object store (`gs://BUCKET/PATH`, through etils.epath) has no
+append and no local folder: metrics.jsonl is kept in memory and the object
+rewritten whole, and the event files are written to a local temporary folder
+and copied into `workdir/tensorboard/`; both at most every `sync_secs`
+(30 s), and on `flush` and `close`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import shutil
 import struct
 import sys
+import tempfile
 import time
 from typing import (Any, Callable, Iterable, Mapping, Optional, Sequence,
                     TextIO)
@@ -33,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorboardX
+from etils import epath
 from flax import nnx
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
@@ -42,6 +52,8 @@ from attractor_jax import solvers
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 GATE_NAMES = ("attn_gate", "mlp_gate")
+# How often a remote workdir's metrics.jsonl and event files are uploaded.
+SYNC_SECS = 30.0
 
 
 def to_float(value: Any) -> float:
@@ -68,35 +80,55 @@ class MetricWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True,
                enabled: Optional[bool] = None,
-               resume_step: Optional[int] = None):
+               resume_step: Optional[int] = None,
+               sync_secs: float = SYNC_SECS,
+               clock: Callable[[], float] = time.monotonic):
     """Opens the writers (creating `workdir`).
 
     Args:
-      workdir: the run's directory.
+      workdir: the run's directory, local or gs://BUCKET/PATH.
       tensorboard: also write TensorBoard event files.
       enabled: write at all; default: on process 0 only.
       resume_step: the step training resumes from. Records of later steps
         (written before a crash or preemption, and about to be redone) are
         dropped from metrics.jsonl, and TensorBoard is told to purge them,
         so every step is logged once.
+      sync_secs: a remote workdir's files are uploaded at most this often
+        (and on `flush` / `close`).
+      clock: a seconds counter for `sync_secs` (injectable for tests).
     """
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.workdir = os.fspath(workdir)
-    self.jsonl_path = os.path.join(self.workdir, JSONL_NAME)
-    self.tensorboard_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+    self.remote = _is_remote(self.workdir)
+    self.jsonl_path = os.fspath(epath.Path(self.workdir) / JSONL_NAME)
+    self.tensorboard_dir = os.fspath(epath.Path(self.workdir)
+                                     / TENSORBOARD_DIR)
     self._jsonl = None
     self._summary = None
+    self._staging = None        # the local event folder of a remote workdir
+    self._sync_secs = sync_secs
+    self._clock = clock
+    self._synced_at = -math.inf
     if not self.enabled:
       return
-    os.makedirs(self.workdir, exist_ok=True)
+    epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
     purge_step = None
     if resume_step is not None:
       _drop_records_after(self.jsonl_path, resume_step)
       purge_step = resume_step + 1
-    self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+    if self.remote:
+      self._jsonl = _RewrittenObject(epath.Path(self.jsonl_path))
+    else:
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
     if tensorboard:
+      logdir = self.tensorboard_dir
+      if self.remote:
+        # tensorboardX writes gs:// only through google-cloud-storage (not a
+        # dependency): write locally and copy the files through epath.
+        self._staging = tempfile.mkdtemp(prefix="attractor-tensorboard-")
+        logdir = self._staging
       self._summary = tensorboardX.SummaryWriter(
-          logdir=self.tensorboard_dir, flush_secs=30, purge_step=purge_step)
+          logdir=logdir, flush_secs=30, purge_step=purge_step)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Logs `scalars` (numbers or one-element arrays) at `step`."""
@@ -106,12 +138,35 @@ class MetricWriter:
     record = {"step": int(step)}
     record.update({k: _json_number(v) for k, v in values.items()})
     self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
-    self._jsonl.flush()
     if self._summary is not None:
       for name, value in values.items():
         self._summary.add_scalar(name, value, int(step))
+    if not self.remote:
+      self._jsonl.flush()
+    elif self._clock() - self._synced_at >= self._sync_secs:
+      self._sync()
+
+  def _sync(self) -> None:
+    """Uploads a remote workdir's metrics.jsonl and event files."""
+    self._synced_at = self._clock()
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    if self._summary is not None:
+      self._summary.flush()
+    if self._staging is not None:
+      remote = epath.Path(self.tensorboard_dir)
+      remote.mkdir(parents=True, exist_ok=True)
+      for name in sorted(os.listdir(self._staging)):
+        local = os.path.join(self._staging, name)
+        if os.path.isfile(local):
+          with open(local, "rb") as f:
+            (remote / name).write_bytes(f.read())
 
   def flush(self) -> None:
+    if self.remote:
+      if self.enabled:
+        self._sync()
+      return
     if self._jsonl is not None:
       self._jsonl.flush()
     if self._summary is not None:
@@ -119,18 +174,51 @@ class MetricWriter:
 
   def close(self) -> None:
     """Flushes and closes the files (idempotent)."""
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
     if self._summary is not None:
       self._summary.close()
       self._summary = None
+    if self.remote and (self._jsonl is not None or self._staging is not None):
+      self._sync()        # the last records and the closed event files
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._staging is not None:
+      shutil.rmtree(self._staging, ignore_errors=True)
+      self._staging = None
 
   def __enter__(self) -> "MetricWriter":
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+class _RewrittenObject:
+  """A text file on an object store, which has no append: holds the whole
+  text and rewrites the object on `flush` (when something was written)."""
+
+  def __init__(self, path: epath.Path):
+    self.path = path
+    self._text = io.StringIO()
+    if path.exists():
+      self._text.write(path.read_text())
+    self._dirty = False
+
+  def write(self, text: str) -> None:
+    self._text.write(text)
+    self._dirty = True
+
+  def flush(self) -> None:
+    if self._dirty:
+      self.path.write_text(self._text.getvalue())
+      self._dirty = False
+
+  def close(self) -> None:
+    self.flush()
 
 
 def _record_step(line: str) -> float:
@@ -142,13 +230,19 @@ def _record_step(line: str) -> float:
 
 
 def _drop_records_after(path: str, step: int) -> None:
-  """Rewrites a metrics.jsonl without the records of steps after `step`."""
-  if not os.path.exists(path):
+  """Rewrites a metrics.jsonl without the records of steps after `step`
+  (a local file through a temporary file and a rename, an object on gs://
+  whole)."""
+  target = epath.Path(path)
+  if not target.exists():
     return
-  with open(path, encoding="utf-8") as f:
+  with target.open("r") as f:
     lines = f.readlines()
   kept = [line for line in lines if _record_step(line) <= step]
   if len(kept) == len(lines):
+    return
+  if _is_remote(path):
+    target.write_text("".join(kept))
     return
   temporary = path + ".tmp"
   with open(temporary, "w", encoding="utf-8") as f:
@@ -157,9 +251,10 @@ def _drop_records_after(path: str, step: int) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """The records of a metrics.jsonl file, with "nan"/"inf" turned to floats."""
+  """The records of a metrics.jsonl file (local or gs://), with "nan"/"inf"
+  turned to floats."""
   records = []
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open("r") as f:
     for line in f:
       if line.strip():
         record = json.loads(line)
@@ -170,7 +265,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 def read_event_scalars(path: str | os.PathLike
                        ) -> dict[str, list[tuple[int, float]]]:
-  """Scalars of a TensorBoard event file (or of every one in a directory).
+  """Scalars of a TensorBoard event file (or of every one in a directory),
+  local or gs://.
 
   Reads the TFRecord framing and Event protos with tensorboardX's own code,
   checking each record's CRC, so no TensorFlow or TensorBoard is needed.
@@ -181,13 +277,12 @@ def read_event_scalars(path: str | os.PathLike
   Raises:
     ValueError: a truncated or corrupt record.
   """
-  path = os.fspath(path)
-  files = ([path] if os.path.isfile(path) else sorted(
-      os.path.join(path, n) for n in os.listdir(path) if "tfevents" in n))
+  path = epath.Path(path)
+  files = ([path] if path.is_file() else sorted(
+      p for p in path.iterdir() if "tfevents" in p.name))
   scalars: dict[str, list[tuple[int, float]]] = {}
   for name in files:
-    with open(name, "rb") as f:
-      data = f.read()
+    data = name.read_bytes()
     offset = 0
     while offset < len(data):
       if offset + 12 > len(data):

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from attractor_jax.training.puzzle_data import PuzzleSet
@@ -150,9 +151,10 @@ def format_table(result: dict[str, float], tier_names) -> str:
 
 def write_results(result: dict[str, Any], out_dir: str,
                   extra: Optional[dict] = None) -> str:
-  """Writes `result` (and `extra`) to out_dir/puzzle_eval.json; its path."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes `result` (and `extra`) to out_dir/puzzle_eval.json (local or
+  gs://, through etils.epath); its path."""
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   path = os.path.join(out_dir, RESULTS_NAME)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(dict(extra or {}, **result), f, indent=2, sort_keys=True)
+  epath.Path(path).write_text(json.dumps(dict(extra or {}, **result),
+                                         indent=2, sort_keys=True))
   return path

@@ -36,6 +36,7 @@ import optax
 
 from attractor_jax import errors
 from attractor_jax.models import reasoning
+from attractor_jax.parallel import distributed
 from attractor_jax.training import experiment
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import puzzle_data
@@ -280,13 +281,16 @@ class PuzzleTask(tasks.Task):
 
   def _full_evaluation(self, model, test, workdir, step, batch_size):
     result = puzzle_eval.evaluate(model, test, batch_size=batch_size)
-    path = puzzle_eval.write_results(
-        result, os.path.join(workdir, "eval"),
-        extra={"step": step, "puzzle": self.puzzle,
-               "model": model.config.kind})
+    wrote = ""
+    if distributed.is_main_process():     # the workdir is shared
+      path = puzzle_eval.write_results(
+          result, os.path.join(workdir, "eval"),
+          extra={"step": step, "puzzle": self.puzzle,
+                 "model": model.config.kind})
+      wrote = f"\nwrote {path}"
     print(f"\n{self.puzzle} test set, step {step}:\n"
-          + puzzle_eval.format_table(result, test.tier_names)
-          + f"\nwrote {path}", flush=True)
+          + puzzle_eval.format_table(result, test.tier_names) + wrote,
+          flush=True)
     return result
 
   def finish(self, config, workdir, model, data) -> dict[str, Any]:
