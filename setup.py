@@ -34,6 +34,12 @@ setuptools.setup(
         "numba>=0.60",
     ],
     extras_require={
+        # A workdir on Google Cloud Storage (gs://...), as TPU pods use:
+        # etils epath's and orbax's GCS clients.
+        "gcs": [
+            "gcsfs>=2024.2",
+            "google-cloud-storage>=2.14",
+        ],
         "test": [
             "pytest>=8.0",
             "pytest-xdist>=3.5",

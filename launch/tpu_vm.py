@@ -9,7 +9,7 @@
 Steps (the positional argument; default `all`):
   create  gcloud compute tpus tpu-vm create (runtime version from the type)
   setup   copy the code to every worker (a `git archive` of this checkout, or
-          `git clone` of --git-url) and `pip install -U jax[tpu]`, `-e .`
+          `git clone` of --git-url) and `pip install -U jax[tpu]`, `-e .[gcs]`
   run     start `python3 -m attractor_jax.train` on ALL workers at once, in
           the background, each writing its own log file; then stream worker
           --log-worker's log until training ends (its exit status is ours)
@@ -218,7 +218,8 @@ def setup_commands(args) -> list[list[str]]:
   q = common.shell_word
   directory, python = q(args.remote_dir), q(args.python)
   install = (f"cd {directory} && {python} -m pip install -U "
-             f"{q(args.jax_package)} && {python} -m pip install -e .")
+             f"{q(args.jax_package)} && {python} -m pip install -e "
+             f"{q('.[gcs]')}")   # gcs: the gs:// workdir's clients
   if args.git_url:
     fetch = (f"(test -d {directory}/.git || git clone --quiet "
              f"{q(args.git_url)} {directory}) && git -C {directory} fetch "

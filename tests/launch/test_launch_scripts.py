@@ -112,7 +112,7 @@ def test_tpu_dry_run_with_no_argument_prints_all_steps_and_runs_nothing(
   assert "--project=YOUR_PROJECT" in create
   assert all("--worker=all" in line for line in lines[2:5])
   setup = remote_script(lines[3])
-  assert '"jax[tpu]"' in setup and "pip install -e ." in setup
+  assert '"jax[tpu]"' in setup and 'pip install -e ".[gcs]"' in setup
   start = remote_script(lines[4])
   assert ("python3 -m attractor_jax.train "
           "--config=attractor_jax/configs/lm.py:attractor-140m "
