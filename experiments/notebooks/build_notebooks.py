@@ -351,10 +351,160 @@ print(tokenizer.decode(outputs[True][0].tolist()))"""),
     ("code", """print(summary.get("sample", "(no sample)"))"""),
 ]
 
+# --------------------------------------------------------------------------
+# 3. Sudoku in minutes
+# --------------------------------------------------------------------------
+
+SUDOKU = _header(
+    "Sudoku in minutes: puzzles, ratings and a tiny attractor reasoner",
+    "`attractor_jax.puzzles` makes and rates Sudoku puzzles (numba, no "
+    "downloads); the committed Sudoku-Extreme style set is rated the same "
+    "way. Then a tiny Attractor reasoner (TRM's protocol with its latent "
+    "recursion solved as a fixed point) trains for a few minutes on a CPU. "
+    "Expect a few correct cells, not solved puzzles: the real runs train for "
+    "hours on an accelerator (docs/puzzle_training.md).") + [
+    ("md", "## 1. Make and rate puzzles\n\n"
+     "A random full grid, then clues removed while the solution stays "
+     "unique, until no clue can go (a *minimal* puzzle). The rating is the "
+     "mean number of guesses a propagate-and-search solver needs over random "
+     "rearrangements of the puzzle; the tiers are cut on it. Random minimal "
+     "puzzles are mostly easy: the `build-sudoku` command climbs to hard ones "
+     "by local search (`python -m attractor_jax.puzzles build-sudoku --help`)."),
+    ("code", """\
+import time
+import numpy as np
+from attractor_jax.puzzles import sudoku, sudoku_core
+
+def random_minimal_puzzle(seed):
+    state = np.full(1, seed, np.uint64)
+    solution = sudoku_core.random_grid(state)
+    puzzle = solution.copy()
+    sudoku_core.minimise(puzzle, solution, state)
+    return puzzle, solution
+
+start = time.perf_counter()
+for seed in range(1, 4 if SMALL else 9):
+    puzzle, solution = random_minimal_puzzle(seed)
+    info = sudoku.describe(puzzle)
+    print(f"{info['puzzle']}  clues {np.count_nonzero(puzzle):2d}  "
+          f"solutions {info['solutions']}  rating {info['rating']:6.2f}  tier {info['tier']}")
+print(f"({time.perf_counter() - start:.1f} s, numba compilation included)")
+
+test = sudoku.load_split("test")
+tiers = [sudoku.tier_of(r) for r in test.ratings]
+print(f"\\ncommitted test split: {len(test.ratings)} puzzles,",
+      {t: tiers.count(t) for t in sudoku.TIERS})"""),
+    ("md", "## 2. Train a tiny reasoner\n\n"
+     "`configs/sudoku.py:tiny` is the CPU size. We shorten the run, and "
+     "evaluate on an even spread of the test split over its tiers (the "
+     "trainer's final evaluation otherwise reads all 5000 test puzzles)."),
+    ("code", """\
+import tempfile
+from attractor_jax.configs import sudoku as sudoku_configs
+from attractor_jax.training import puzzle_data, trainer
+
+EVAL_PUZZLES = 16 if SMALL else 200
+_load = puzzle_data.load
+puzzle_data.load = lambda puzzle, split: (
+    _load(puzzle, split).spread(EVAL_PUZZLES) if split == "test" else _load(puzzle, split))
+
+config = sudoku_configs.get_config("tiny")
+config.total_steps = 4 if SMALL else 400
+config.batch_size = 4 if SMALL else 64
+config.log_every = 2 if SMALL else 50
+config.eval_every = 1000
+config.eval_examples = 8 if SMALL else 64
+config.eval_batch_size = 8 if SMALL else 100
+config.checkpoint_every = config.total_steps
+config.optimizer.warmup_steps = 0 if SMALL else 50
+workdir = tempfile.mkdtemp(prefix="sudoku_tiny_")
+start = time.perf_counter()
+summary = trainer.train_and_evaluate(config, workdir)
+print(f"trained {config.total_steps} steps in {time.perf_counter() - start:.0f} s")
+test_result = summary["test"]
+print(f"test puzzles {int(test_result['count'])}: cell accuracy {test_result.get('cell_accuracy', float('nan')):.3f}, "
+      f"exact accuracy {test_result['exact_accuracy']:.3f}")"""),
+    ("md", "## 3. The solver at work on one puzzle\n\n"
+     "Each segment of the reasoner solves its latent fixed point "
+     "`z* = net(z* + x + y)` with Anderson acceleration. We switch on the "
+     "solver's `trace` (the relative residual `||f(z) - z|| / scale` after "
+     "every step) and run the segments on one test puzzle. Later segments "
+     "start from the previous `z*` (warm start), so they need fewer steps."),
+    ("code", """\
+import dataclasses
+import jax, jax.numpy as jnp
+import matplotlib.pyplot as plt
+%matplotlib inline
+
+trained, _, _ = trainer.load_trained(workdir)
+model = trained.model
+model.config = dataclasses.replace(
+    model.config, solve=dataclasses.replace(model.config.solve, trace=True))
+solve = model.config.solve
+print(f"solver {solve.solver}, max_iter {solve.max_iter}, tol {solve.tol}, "
+      f"segments {model.config.max_segments}")
+
+puzzles, solutions = np.asarray(test.puzzles), np.asarray(test.solutions)
+picked = np.linspace(0, len(puzzles) - 1, 6).astype(int)   # easy .. extreme
+inputs = jnp.asarray(sudoku.to_tokens(puzzles[picked]))
+
+from flax import nnx
+segment = nnx.jit(lambda model, inputs, carry: model(inputs, carry))
+
+carry = model.initial_carry(inputs.shape[0])
+traces = []
+for _ in range(model.config.max_segments):
+    carry, out = segment(model, inputs, carry)
+    traces.append(np.asarray(out.stats.trace[:, 0]))
+answers = sudoku.from_tokens(np.asarray(jnp.argmax(out.logits, axis=-1)))
+
+fig, ax = plt.subplots(figsize=(7, 3.8))
+for i, tr in enumerate(traces):
+    steps = np.flatnonzero(np.isfinite(tr))
+    ax.semilogy(steps, tr[steps], "o-", ms=3, color=plt.cm.viridis(i / max(1, len(traces) - 1)),
+                label=f"segment {i + 1}" if i in (0, len(traces) - 1) else None)
+ax.axhline(solve.tol, color="gray", ls="--", label="tolerance")
+ax.set_xlabel("solver step"); ax.set_ylabel("relative residual")
+ax.set_title("residual per solver step, one puzzle, every segment")
+ax.legend(); fig.tight_layout(); plt.show()"""),
+    ("md", "## 4. The model's answers\n\n"
+     "Clues in black, the model's digits in blue, and its wrong digits in red "
+     "(the correct digit small in the corner)."),
+    ("code", """\
+def draw_grid(ax, puzzle, answer, solution, title):
+    for k in range(10):
+        lw = 2 if k % 3 == 0 else 0.5
+        ax.plot([k, k], [0, 9], "k", lw=lw); ax.plot([0, 9], [k, k], "k", lw=lw)
+    for cell in range(81):
+        r, c = divmod(cell, 9)
+        x, y = c + 0.5, 8.5 - r
+        if puzzle[cell]:
+            ax.text(x, y, str(puzzle[cell]), ha="center", va="center", fontsize=11, weight="bold")
+        elif answer[cell] == solution[cell]:
+            ax.text(x, y, str(answer[cell]), ha="center", va="center", fontsize=11, color="C0")
+        else:
+            ax.add_patch(plt.Rectangle((c, 8 - r), 1, 1, color="red", alpha=0.25))
+            ax.text(x, y, str(answer[cell]) if answer[cell] else "?", ha="center",
+                    va="center", fontsize=11, color="red")
+            ax.text(c + 0.85, 8.8 - r, str(solution[cell]), fontsize=6, color="gray")
+    ax.set_xlim(0, 9); ax.set_ylim(0, 9); ax.set_aspect("equal"); ax.axis("off")
+    ax.set_title(title, fontsize=9)
+
+fig, axes = plt.subplots(2, 3, figsize=(11, 7.6))
+for ax, i, answer in zip(axes.flat, picked, answers):
+    blanks = puzzles[i] == 0
+    right = int(np.sum((answer == solutions[i]) & blanks))
+    draw_grid(ax, puzzles[i], answer, solutions[i],
+              f"{sudoku.tier_of(test.ratings[i])} (rating {test.ratings[i]:.1f}): "
+              f"{right}/{int(blanks.sum())} blanks right")
+fig.tight_layout(); plt.show()"""),
+]
+
 
 NOTEBOOKS = {
     "bring_your_own_model": BYOM,
     "attractor_lm": LM,
+    "sudoku_in_minutes": SUDOKU,
 }
 
 
