@@ -32,6 +32,7 @@ from flax import nnx
 
 from attractor_jax import parallel
 from attractor_jax.models import registry
+from attractor_jax.nn.attractor_head import SolveConfig
 
 Batches = Iterable[dict] | Callable[[], Iterable[dict]]
 ROW_KEYS = ("T", "loss", "perplexity", "iterations", "converged_fraction",
@@ -57,15 +58,19 @@ def _eval_step(model, batch: dict, max_iter: Optional[int]) -> dict:
   out = model(batch["inputs"], targets=targets,
               segment_ids=batch.get("segment_ids"),
               positions=batch.get("positions"), max_iter=max_iter)
-  sums = {"loss": out.loss,
-          "tokens": jnp.sum(targets != model.config.ignore_index)}
+  kept = targets != model.config.ignore_index
+  # Padding rows (no target: the last validation batch is filled up with
+  # them) count in no mean.
+  real = jnp.any(kept, axis=1)
+  per_row = lambda x: jnp.sum(jnp.where(real, x.astype(jnp.float32), 0.0))
+  sums = {"loss": out.loss, "tokens": jnp.sum(kept), "sequences":
+          jnp.sum(real)}
   if out.stats is not None:
-    sums["iterations"] = jnp.sum(out.stats.iterations.astype(jnp.float32))
-    sums["residual"] = jnp.sum(out.stats.residual)
-    sums["converged_fraction"] = jnp.sum(
-        out.stats.converged.astype(jnp.float32))
+    sums["iterations"] = per_row(out.stats.iterations)
+    sums["residual"] = per_row(out.stats.residual)
+    sums["converged_fraction"] = per_row(out.stats.converged)
   if out.head_contribution is not None:
-    sums["head_contribution"] = jnp.sum(out.head_contribution)
+    sums["head_contribution"] = per_row(out.head_contribution)
   return sums
 
 
@@ -116,7 +121,7 @@ def evaluate(model, batches: Batches, *, max_iter: Optional[int] = None,
     n = int(sums.pop("tokens"))
     loss_sum += float(sums.pop("loss")) * n
     tokens += n
-    sequences += int(batch["inputs"].shape[0])
+    sequences += int(sums.pop("sequences"))
     count += 1
     for key, value in sums.items():
       totals[key] = totals.get(key, 0.0) + float(value)
@@ -129,13 +134,32 @@ def evaluate(model, batches: Batches, *, max_iter: Optional[int] = None,
   return result
 
 
+def exact_depth_model(model, depth: int):
+  """A copy of an attractor LM or DEQ whose solve is exactly `depth` plain
+  applications of its map: f^T(y0) (Picard, no early stop, the last iterate
+  returned, not the best one). Figure 7's T, where the solver's own sweep
+  only caps the iterations (an Anderson step is not one application of f,
+  and a converged solve stops before the cap)."""
+  model = nnx.clone(model)
+  solve = model.config.solve
+  exact = SolveConfig(solver="picard", max_iter=depth, min_iter=depth,
+                      tol=solve.tol, backward=solve.backward,
+                      track_best=False, divergence_factor=None)
+  model.config = model.config.replace(solve=exact)
+  if hasattr(model, "head"):
+    model.head.solve_config = exact
+  return model
+
+
 def depth_sweep(model, batches: Batches,
-                depths: Optional[Sequence[int]] = None) -> list[dict]:
+                depths: Optional[Sequence[int]] = None, *,
+                exact: bool = False) -> list[dict]:
   """Evaluates the model at each test-time depth T.
 
-  Supports the attractor LM and DEQ (T = solver step limit) and the looped
-  model (T = loop depth: it runs exactly T steps, so its "iterations" is T
-  and its converged fraction and residual are NaN).
+  Supports the attractor LM and DEQ (T = solver step limit, or with `exact`
+  exactly T applications of the map) and the looped model (T = loop depth:
+  it runs exactly T steps, so its "iterations" is T and its converged
+  fraction and residual are NaN).
 
   Args:
     model: an attractor, DEQ or looped LM.
@@ -143,6 +167,8 @@ def depth_sweep(model, batches: Batches,
     depths: the T values; default `depth_schedule` of the configured
       `solve.max_iter` (twice `mean_depth` for a looped model, its training
       maximum).
+    exact: for solver models, T plain iterations exactly
+      (`exact_depth_model`) instead of the configured solver capped at T.
 
   Returns:
     One dict per T with keys `ROW_KEYS` (NaN where not reported).
@@ -159,9 +185,11 @@ def depth_sweep(model, batches: Batches,
                      "pass a list or a callable, not an iterator.")
   if depths is None:
     depths = depth_schedule(registry.sweep_depth(model.config))
+  solved = registry.supports(model.config.kind, registry.SOLVER_STATS)
   rows = []
   for t in depths:
-    result = evaluate(model, batches, max_iter=int(t))
+    at_depth = exact_depth_model(model, int(t)) if exact and solved else model
+    result = evaluate(at_depth, batches, max_iter=int(t))
     if not any(k in result for k in _SOLVER_KEYS):
       result["iterations"] = float(t)
     rows.append({"T": int(t), **{k: float(result.get(k, math.nan))
@@ -198,10 +226,10 @@ def format_table(rows: Sequence[dict]) -> str:
                    for line in table) + "\n"
 
 
-def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike
-                      ) -> dict[str, str]:
-  """Writes depth_sweep.json, .txt (aligned table) and .png into out_dir
-  (local or gs://BUCKET/PATH: written through etils.epath).
+def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike,
+                      name: str = "depth_sweep") -> dict[str, str]:
+  """Writes NAME.json, .txt (aligned table) and .png into out_dir (local or
+  gs://BUCKET/PATH: written through etils.epath).
 
   JSON holds standard numbers, non-finite ones as the strings "nan"/"inf"
   (`read_depth_sweep` reads them back). The plot shows perplexity, and below
@@ -215,7 +243,7 @@ def write_depth_sweep(rows: Sequence[dict], out_dir: str | os.PathLike
 
   out_dir = os.fspath(out_dir)
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  paths = {ext: os.path.join(out_dir, f"depth_sweep.{ext}")
+  paths = {ext: os.path.join(out_dir, f"{name}.{ext}")
            for ext in ("json", "txt", "png")}
   epath.Path(paths["json"]).write_text(json.dumps(
       [{k: _json_value(v) for k, v in row.items()} for row in rows],

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags
 from absl import logging
 from etils import epath
@@ -211,21 +212,51 @@ def prepare_validation(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _validation_batches(config, val_docs, tokenizer) -> list[dict]:
-  """The first `config.eval_batches` batches of the validation split."""
+  """The validation split in batches of config.batch_size rows: all of it
+  (config.eval_batches = 0) or its first eval_batches batches.
+
+  No row is dropped: the last batch is filled up with padding rows whose
+  targets are all ignored (evaluation weighs by targets and counts only
+  rows that have one). Every process cuts the same global batches and
+  keeps its share of each (its rows, in process order).
+  """
+  options = dict(_dataset_options(config, tokenizer),
+                 batch_size=config.batch_size, shard_index=0, shard_count=1)
   validation_set = data_lib.make_lm_dataset(
       data_lib.tokenize_documents(val_docs, tokenizer), seed=0,
-      shuffle=False, num_epochs=1, **_dataset_options(config, tokenizer))
+      shuffle=False, num_epochs=1, drop_remainder=False, **options)
+  limit = config.eval_batches or None
+  rows = process_rows(config.batch_size)
   validation = []
   for batch in validation_set:
-    validation.append(batch)
-    if len(validation) >= config.eval_batches:
+    batch = _pad_rows(batch, config.batch_size, tokenizer.pad_id)
+    validation.append({k: v[rows] for k, v in batch.items()})
+    if limit is not None and len(validation) >= limit:
       break
   if not validation:
     raise errors.DataError(
-        f"The validation split ({len(val_docs)} documents) is too small for "
-        f"one batch of {config.batch_size} x {config.data.seq_len} tokens; "
-        "raise data.validation_fraction or lower batch_size / seq_len.")
+        f"The validation split ({len(val_docs)} documents) holds no row of "
+        f"{config.data.seq_len} tokens; raise data.validation_fraction.")
   return validation
+
+
+def process_rows(global_batch: int) -> slice:
+  """This process's rows of a global batch (all of them on one process)."""
+  share = global_batch // jax.process_count()
+  return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
+
+
+def _pad_rows(batch: dict, size: int, pad_id: int) -> dict:
+  """`batch` with rows appended up to `size`: padding tokens, ignored
+  targets, segment 0."""
+  missing = size - len(batch["inputs"])
+  if missing <= 0:
+    return batch
+  fill = {"inputs": pad_id, "targets": data_lib.IGNORE_INDEX,
+          "segment_ids": 0, "positions": 0}
+  return {k: np.concatenate([v, np.full((missing,) + v.shape[1:], fill[k],
+                                        v.dtype)])
+          for k, v in batch.items()}
 
 
 def check_split_sizes(config, train_docs: Optional[list],
@@ -341,9 +372,10 @@ def validate_lm_config(config: ml_collections.ConfigDict,
   """
   _check_fields(config)
   for name in ("batch_size", "total_steps", "log_every", "eval_every",
-               "eval_batches", "checkpoint_every", "keep_checkpoints"):
+               "checkpoint_every", "keep_checkpoints"):
     check_integer(config, name, 1)
   check_integer(config, "seed", -2**63)
+  check_integer(config, "eval_batches", 0)
   check_integer(config, "data.seq_len", 1)
   check_integer(config, "data.vocab_size", 1)
   check_integer(config, "divergence.max_consecutive_bad_steps", 0)

@@ -81,12 +81,7 @@ class LMTask(tasks.Task):
     results = {}
     kind = model.config.kind
     if config.depth_sweep and registry.supports(kind, registry.DEPTH_SWEEP):
-      rows = evaluation.depth_sweep(model, data.validation)
-      if distributed.is_main_process():
-        evaluation.write_depth_sweep(rows, os.path.join(workdir, "eval"))
-      results["depth_sweep"] = rows
-      print("\nTest-time depth sweep (T = 0 decodes the proposal c):\n"
-            + evaluation.format_table(rows))
+      results.update(depth_sweeps(model, data.validation, workdir))
     if (registry.supports(kind, registry.CACHED_DECODING)
         and config.sample.num_tokens):
       results["sample"] = sample_text(model, data.tokenizer, config.sample,
@@ -118,14 +113,30 @@ class LMTask(tasks.Task):
           "tokens")
     results = {"validation": result}
     if registry.supports(trained.model.config.kind, registry.DEPTH_SWEEP):
-      rows = evaluation.depth_sweep(trained.model, batches)
-      print(evaluation.format_table(rows))
-      if distributed.is_main_process():
-        paths = evaluation.write_depth_sweep(rows, os.path.join(workdir,
-                                                                "eval"))
-        print(f"wrote {', '.join(str(p) for p in paths.values())}")
-      results["depth_sweep"] = rows
+      results.update(depth_sweeps(trained.model, batches, workdir))
     return results
+
+
+def depth_sweeps(model, batches, workdir: str) -> dict[str, list]:
+  """The test-time depth sweep, and for solver models also the exact one
+  (T plain applications of the map, Figure 7's T); printed, and written to
+  workdir/eval/depth_sweep{,_exact}.{json,txt,png} by process 0."""
+  sweeps = {"depth_sweep": ("T = the solver's step limit; T = 0 decodes "
+                            "the proposal c", False)}
+  if registry.supports(model.config.kind, registry.SOLVER_STATS):
+    sweeps["depth_sweep_exact"] = ("T = exactly T applications of the map "
+                                   "(plain iteration, no early stop)", True)
+  results = {}
+  for name, (what, exact) in sweeps.items():
+    rows = evaluation.depth_sweep(model, batches, exact=exact)
+    print(f"\nTest-time depth sweep ({what}):\n"
+          + evaluation.format_table(rows))
+    if distributed.is_main_process():
+      paths = evaluation.write_depth_sweep(
+          rows, os.path.join(workdir, "eval"), name=name)
+      print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    results[name] = rows
+  return results
 
 
 def sample_text(model, tokenizer, sample_config, *, seed: int = 0,

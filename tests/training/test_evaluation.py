@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from attractor_jax.models import lm_common
 from attractor_jax.models.attractor_lm import AttractorLM
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.models.gpt import GPT
@@ -72,7 +73,8 @@ def test_evaluate_weights_batches_by_their_tokens(model):
   np.testing.assert_allclose(result["loss"], expected, rtol=1e-5)
   assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
   assert result["tokens"] == 3 * 16 - 16
-  assert (result["sequences"], result["batches"]) == (6, 3)
+  # The third batch's first row has no target: it counts in no mean.
+  assert (result["sequences"], result["batches"]) == (5, 3)
   assert 0 < result["iterations"] <= 4
   assert 0 <= result["converged_fraction"] <= 1
   assert result["head_contribution"] > 0
@@ -136,3 +138,60 @@ def test_looped_sweep_runs_t_loop_steps():
   assert [row["iterations"] for row in rows] == [0.0, 1.0, 2.0]
   assert all(math.isnan(row["converged_fraction"]) for row in rows)
   assert len({row["loss"] for row in rows}) == 3
+
+
+def test_validation_covers_the_whole_split_and_pads_the_last_batch(tmp_path):
+  from test_trainer import tiny_config
+  from attractor_jax import data as data_lib
+  from attractor_jax.training import experiment
+  config = tiny_config()
+  config.eval_batches = 0                      # the default: the whole split
+  prepared = experiment.prepare_data(config, str(tmp_path))
+  _, val_docs = data_lib.split_documents(
+      experiment.load_documents(config.data),
+      config.data.validation_fraction, seed=config.seed)
+  rows = list(data_lib.make_lm_dataset(
+      data_lib.tokenize_documents(val_docs, prepared.tokenizer),
+      config.data.seq_len, 1, eos_id=prepared.tokenizer.eos_id,
+      pad_id=prepared.tokenizer.pad_id, shuffle=False, num_epochs=1,
+      drop_remainder=False))
+  batches = prepared.validation
+  assert len(rows) % config.batch_size            # a partial last batch
+  assert len(batches) == -(-len(rows) // config.batch_size)
+  assert {len(b["inputs"]) for b in batches} == {config.batch_size}
+  targets = lambda bs: sum(int(np.sum(b["targets"] != -100)) for b in bs)
+  assert targets(batches) == targets(rows)        # no token dropped
+  model = AttractorLM(ModelConfig(**dict(TINY, vocab_size=512)),
+                      rngs=nnx.Rngs(0))
+  result = evaluation.evaluate(model, batches)
+  assert result["tokens"] == targets(rows)
+  assert result["sequences"] == len(rows)         # padding rows not counted
+
+
+def test_exact_sweep_applies_the_map_exactly_t_times(model):
+  batches = make_batches()
+  exact = evaluation.depth_sweep(model, batches, depths=[0, 1, 3, 8],
+                                 exact=True)
+  capped = evaluation.depth_sweep(model, batches, depths=[3, 8])
+  assert [row["iterations"] for row in exact] == [0.0, 1.0, 3.0, 8.0]
+
+  def applied(t):
+    """Loss of f^t(c), written out with the model's own pieces."""
+    def loss(m, b):
+      c = m.propose(b["inputs"], positions=b["positions"],
+                    segment_ids=b["segment_ids"])
+      y = c
+      for _ in range(t):
+        y = m.head.map(y, c, positions=b["positions"],
+                       segment_ids=b["segment_ids"])
+      logits = m.unembed(y, m.embed)
+      return lm_common.cross_entropy(logits, b["targets"], -100)
+    joined = {k: jnp.concatenate([b[k] for b in batches]) for k in batches[0]}
+    return float(nnx.jit(loss)(model, joined))
+
+  for row in exact:
+    np.testing.assert_allclose(row["loss"], applied(row["T"]), rtol=1e-5)
+  # The solver's capped sweep stops once converged: T = 3 and 8 agree there,
+  # while 3 and 8 applications differ.
+  assert capped[0]["iterations"] < 8 and capped[1]["iterations"] < 8
+  assert exact[2]["loss"] != exact[3]["loss"]

@@ -182,7 +182,8 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
   files = bucket.files("bucket/run")
   for name in ("config.json", "tokenizer.model", "metrics.jsonl",
                "sample.txt", "eval/depth_sweep.json", "eval/depth_sweep.txt",
-               "eval/depth_sweep.png", "checkpoints/2/commit_success.txt",
+               "eval/depth_sweep.png", "eval/depth_sweep_exact.json",
+               "checkpoints/2/commit_success.txt",
                "checkpoints/4/commit_success.txt"):
     assert name in files, files
   assert sum(f.startswith("tensorboard/events.out.tfevents.")
