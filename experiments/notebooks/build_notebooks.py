@@ -23,15 +23,16 @@ from nbformat import v4
 HERE = pathlib.Path(__file__).resolve().parent
 
 INSTALL_MD = """\
-**In Colab: run the install cell** below first. Where `attractor_jax` is
-already importable (an `pip install -e ".[test]"` checkout, or CI) it does
-nothing."""
+**In Colab: set `REPOSITORY` to this repository's git address and run the
+install cell** below first. Where `attractor_jax` is already importable (a
+`pip install -e ".[test]"` checkout, or CI) it does nothing."""
 
 INSTALL = """\
+REPOSITORY = "https://github.com/YOUR_ACCOUNT/attractor_jax"  # set this
 try:
     import attractor_jax  # noqa: F401  (already installed: nothing to do)
 except ImportError:
-    %pip install -q "attractor_jax @ git+https://github.com/attractor-models/attractor_jax"
+    %pip install -q "attractor_jax @ git+{REPOSITORY}"
     import attractor_jax  # noqa: F401"""
 
 SIZE_CELL = """\
