@@ -42,3 +42,26 @@ def test_table5_summary_statistics_and_ratios():
   text = table5.markdown(list(rows.values()), runs, Args)
   assert "| onestep | 72.00 ± 2.00 | 1.15 | +0.00 ± 0.00 |" in text
   assert "0.40x" in text and "0.25x" in text
+
+
+def test_table1_counts_flops_per_model_and_pairs_with_gpt():
+  table1 = load("table1_models")
+  runs = [{"mode": name, "seed": seed, "perplexity": base + shift,
+           "loss": 0.0, "tokens": 1000, "iterations": iterations,
+           "tokens_per_s": 1000.0, "wall_s": 1.0}
+          for name, shift, iterations in (("gpt", 0.0, math.nan),
+                                          ("looped", 3.0, 4.0),
+                                          ("attractor", -2.0, 3.0))
+          for seed, base in ((0, 70.0), (1, 90.0))]
+  rows = {r["mode"]: r for r in table1.summarise(runs)}
+  assert rows["attractor"]["diff"] == pytest.approx(-2.0)
+  assert rows["looped"]["diff"] == pytest.approx(3.0)
+  assert rows["gpt"]["std"] > 10       # the seeds' splits differ a lot
+  # Every solver iteration counts: the attractor's head runs 3 + 1 + 4 times.
+  assert (rows["attractor"]["train_flops_per_token"]
+          > rows["gpt"]["train_flops_per_token"] > 0)
+
+  class Args:
+    steps, seeds = 300, [0, 1]
+  text = table1.markdown(list(rows.values()), runs, Args)
+  assert "| attractor | 78.00 ± 14.14 |" in text

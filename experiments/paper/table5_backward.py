@@ -19,44 +19,18 @@ import json
 import math
 import os
 import pathlib
-import shutil
-import statistics
 import sys
-import time
 
 import jax
 
 from attractor_jax.configs import lm
 from attractor_jax.training import experiment
-from attractor_jax.training import metrics
-from attractor_jax.training import trainer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODES = ("implicit", "phantom", "onestep")
 PAPER = {"implicit": 33.91, "phantom": 34.24, "onestep": 34.05}
-
-
-def run(mode: str, seed: int, steps: int, workdir: str) -> dict:
-  """Trains one (mode, seed); returns its validation and timing."""
-  config = lm.get_config()
-  config.solve.backward = mode
-  config.seed = seed
-  config.total_steps = steps
-  config.log_every = max(1, steps // 6)
-  config.eval_every = steps
-  config.depth_sweep = False
-  config.sample.num_tokens = 0
-  shutil.rmtree(workdir, ignore_errors=True)      # a fresh run, no resume
-  start = time.perf_counter()
-  summary = trainer.train_and_evaluate(config, workdir)
-  wall = time.perf_counter() - start
-  rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
-  val = summary["validation"]
-  return {"mode": mode, "seed": seed, "perplexity": val["perplexity"],
-          "loss": val["loss"], "tokens": val["tokens"],
-          "iterations": val.get("iterations", math.nan),
-          "tokens_per_s": statistics.median(rates) if rates else math.nan,
-          "wall_s": wall}
 
 
 def step_memory(mode: str) -> int | None:
@@ -74,31 +48,15 @@ def step_memory(mode: str) -> int | None:
 
 
 def summarise(runs: list[dict], memory: dict) -> list[dict]:
-  """Per mode: perplexity mean, std and sem over seeds, and the paired
-  difference to implicit (same seed: same data split, init and batches)."""
-  implicit = {r["seed"]: r["perplexity"] for r in runs
-              if r["mode"] == MODES[0]}
-  rows = []
-  for mode in MODES:
-    mine = [r for r in runs if r["mode"] == mode]
-    ppl = [r["perplexity"] for r in mine]
-    std = statistics.stdev(ppl) if len(ppl) > 1 else math.nan
-    diffs = [r["perplexity"] - implicit[r["seed"]] for r in mine]
-    diff_std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-    rows.append({
-        "mode": mode, "seeds": len(mine), "perplexity": statistics.mean(ppl),
-        "std": std, "sem": std / math.sqrt(len(ppl)),
-        "diff": statistics.mean(diffs),
-        "diff_sem": diff_std / math.sqrt(len(diffs)),
-        "iterations": statistics.mean(r["iterations"] for r in mine),
-        "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in mine),
-        "temp_bytes": memory.get(mode), "paper": PAPER[mode]})
-  base = rows[0]
+  """`common.over_seeds` against implicit, with the memory ratio and the
+  paper's perplexity."""
+  rows = common.over_seeds(runs, MODES, baseline=MODES[0])
   for row in rows:
-    row["step_time_ratio"] = base["tokens_per_s"] / row["tokens_per_s"]
-    row["memory_ratio"] = (row["temp_bytes"] / base["temp_bytes"]
-                           if row["temp_bytes"] and base["temp_bytes"]
-                           else math.nan)
+    row["temp_bytes"] = memory.get(row["mode"])
+    base = memory.get(MODES[0])
+    row["memory_ratio"] = (row["temp_bytes"] / base
+                           if row["temp_bytes"] and base else math.nan)
+    row["paper"] = PAPER[row["mode"]]
   return rows
 
 
@@ -126,12 +84,7 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
         f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
         f"{r['iterations']:.1f} | {r['step_time_ratio']:.2f}x | "
         f"{r['memory_ratio']:.2f}x | {r['paper']:.2f} |")
-  lines += ["", "Runs:", "",
-            "| backward | seed | perplexity | tokens/s | wall s |",
-            "|---|---|---|---|---|"]
-  for r in runs:
-    lines.append(f"| {r['mode']} | {r['seed']} | {r['perplexity']:.2f} | "
-                 f"{r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |")
+  lines += ["", "Runs:", ""] + common.runs_table(runs)
   return "\n".join(lines) + "\n"
 
 
@@ -172,7 +125,8 @@ def main(argv=None):
     for seed in args.seeds:
       for mode in MODES:
         workdir = os.path.join(args.workdir_root, f"{mode}-{seed}")
-        runs.append(run(mode, seed, args.steps, workdir))
+        runs.append(common.train(mode, {"solve.backward": mode}, seed,
+                                 args.steps, workdir))
         print(f"{mode} seed {seed}: perplexity "
               f"{runs[-1]['perplexity']:.2f}", flush=True)
     memory = {mode: step_memory(mode) for mode in MODES}
