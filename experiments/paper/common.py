@@ -9,6 +9,7 @@ variants; the paired difference to a baseline variant (same seed: same split,
 batches and initialisation) is the comparison that can rank them.
 """
 
+import json
 import math
 import os
 import shutil
@@ -54,6 +55,30 @@ def train(name: str, overrides: dict, seed: int, steps: int,
           "iterations": val.get("iterations", math.nan),
           "tokens_per_s": statistics.median(rates) if rates else math.nan,
           "wall_s": wall}
+
+
+def train_all(variants: dict, seeds, steps: int, workdir_root: str
+              ) -> list[dict]:
+  """`train` for every seed and variant (name -> overrides), in that order."""
+  runs = []
+  for seed in seeds:
+    for name, overrides in variants.items():
+      workdir = os.path.join(workdir_root, f"{name}-{seed}")
+      runs.append(train(name, overrides, seed, steps, workdir))
+      print(f"{name} seed {seed}: perplexity {runs[-1]['perplexity']:.2f}",
+            flush=True)
+  return runs
+
+
+def write_outputs(out: str, text: str, payload: dict, plot) -> None:
+  """OUT.md (text), OUT.json (payload) and OUT.png (`plot(path)`)."""
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out + ".md", "w", encoding="utf-8") as f:
+    f.write(text)
+  with open(out + ".json", "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2)
+  plot(out + ".png")
+  print(text)
 
 
 def over_seeds(runs: list[dict], names, baseline: str) -> list[dict]:

@@ -15,7 +15,6 @@ and the looped model at every size (docs/design.md).
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -96,22 +95,11 @@ def main(argv=None):
   parser.add_argument("--out", default="experiments/paper/results/"
                       "table1_models")
   args = parser.parse_args(argv)
-  runs = []
-  for seed in args.seeds:
-    for name, overrides in VARIANTS.items():
-      workdir = os.path.join(args.workdir_root, f"{name}-{seed}")
-      runs.append(common.train(name, overrides, seed, args.steps, workdir))
-      print(f"{name} seed {seed}: perplexity {runs[-1]['perplexity']:.2f}",
-            flush=True)
+  runs = common.train_all(VARIANTS, args.seeds, args.steps, args.workdir_root)
   rows = summarise(runs)
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  text = markdown(rows, runs, args)
-  with open(args.out + ".md", "w", encoding="utf-8") as f:
-    f.write(text)
-  with open(args.out + ".json", "w", encoding="utf-8") as f:
-    json.dump({"rows": rows, "runs": runs, "steps": args.steps}, f, indent=2)
-  plot(rows, args.out + ".png")
-  print(text)
+  common.write_outputs(args.out, markdown(rows, runs, args),
+                       {"rows": rows, "runs": runs, "steps": args.steps},
+                       lambda path: plot(rows, path))
   return rows
 
 

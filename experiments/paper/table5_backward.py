@@ -121,24 +121,13 @@ def main(argv=None):
     runs = saved["runs"]
     memory = {r["mode"]: r["temp_bytes"] for r in saved["rows"]}
   else:
-    runs = []
-    for seed in args.seeds:
-      for mode in MODES:
-        workdir = os.path.join(args.workdir_root, f"{mode}-{seed}")
-        runs.append(common.train(mode, {"solve.backward": mode}, seed,
-                                 args.steps, workdir))
-        print(f"{mode} seed {seed}: perplexity "
-              f"{runs[-1]['perplexity']:.2f}", flush=True)
+    runs = common.train_all({mode: {"solve.backward": mode} for mode in MODES},
+                            args.seeds, args.steps, args.workdir_root)
     memory = {mode: step_memory(mode) for mode in MODES}
   rows = summarise(runs, memory)
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  text = markdown(rows, runs, args)
-  with open(args.out + ".md", "w", encoding="utf-8") as f:
-    f.write(text)
-  with open(args.out + ".json", "w", encoding="utf-8") as f:
-    json.dump({"rows": rows, "runs": runs, "steps": args.steps}, f, indent=2)
-  plot(rows, args.out + ".png")
-  print(text)
+  common.write_outputs(args.out, markdown(rows, runs, args),
+                       {"rows": rows, "runs": runs, "steps": args.steps},
+                       lambda path: plot(rows, path))
   return rows
 
 
