@@ -226,7 +226,7 @@ def _validation_batches(config, val_docs, tokenizer) -> list[dict]:
       data_lib.tokenize_documents(val_docs, tokenizer), seed=0,
       shuffle=False, num_epochs=1, drop_remainder=False, **options)
   limit = config.eval_batches or None
-  rows = process_rows(config.batch_size)
+  rows = mesh_lib.process_batch_slice(config.batch_size)
   validation = []
   for batch in validation_set:
     batch = _pad_rows(batch, config.batch_size, tokenizer.pad_id)
@@ -238,12 +238,6 @@ def _validation_batches(config, val_docs, tokenizer) -> list[dict]:
         f"The validation split ({len(val_docs)} documents) holds no row of "
         f"{config.data.seq_len} tokens; raise data.validation_fraction.")
   return validation
-
-
-def process_rows(global_batch: int) -> slice:
-  """This process's rows of a global batch (all of them on one process)."""
-  share = global_batch // jax.process_count()
-  return slice(jax.process_index() * share, (jax.process_index() + 1) * share)
 
 
 def _pad_rows(batch: dict, size: int, pad_id: int) -> dict:
