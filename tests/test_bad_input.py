@@ -174,6 +174,8 @@ TRAIN_CASES = [
     ("heads-do-not-divide-width", ["--config.model.dim=30"],
      "model.dim 30 is not divisible by model.num_heads 4"),
     ("unknown-mlp", ["--config.model.mlp=gelu"], "Unknown model.mlp 'gelu'"),
+    ("unknown-injection", ["--config.model.injection=sum"],
+     "Unknown model.injection 'sum'; expected one of additive, init_only"),
     ("zero-batch", ["--config.batch_size=0"],
      "config.batch_size must be an integer >= 1"),
     ("zero-eval-interval", ["--config.eval_every=0"],

@@ -36,7 +36,8 @@ class AttractorLM(nnx.Module):
         remat=config.remat, rngs=rngs)
     self.head = attractor_head.AttractorHead(
         config.block_spec(gated=True, dtype=config.jnp_head_dtype),
-        config.head_layers, config.solve, rngs=rngs)
+        config.head_layers, config.solve, injection=config.injection,
+        rngs=rngs)
     self.unembed = lm_common.Unembedding(
         config, self.embed if config.tie_embeddings else None, rngs=rngs)
 

@@ -108,9 +108,14 @@ class ModelConfig:
       Imported public checkpoints set float32's machine epsilon, which is
       what the public code's weightless QK-norm uses on float32 activations.
     gate_max, gate_init: attractor head gates (gamma_max, layer_scale_init).
+    injection: how the attractor head's map takes the proposal c, one of
+      `attractor_head.INJECTIONS` ("additive", the paper's; "init_only" and
+      "concat" are its Table 4 ablations).
     solve: the attractor head's (or DEQ's) solver settings (default
       `LM_SOLVE`, not `SolveConfig()`).
-    tie_embeddings: unembed with the embedding (attractor, gpt, looped).
+    tie_embeddings: unembed with the embedding (the DEQ's default is False:
+      an untied head, as in the DEQ literature; True is the paper's "DEQ +
+      tied unembedding").
     logit_softcap: if set, logits = cap * tanh(logits / cap).
     ignore_index: targets equal to this are left out of the loss.
     embed_init_std, init_std, out_init_scale: initialisation.
@@ -165,6 +170,7 @@ class ModelConfig:
   causal: bool = True
   gate_max: float = 1.0
   gate_init: float = 0.1
+  injection: str = "additive"
   solve: attractor_head.SolveConfig = LM_SOLVE
   tie_embeddings: bool = True
   logit_softcap: Optional[float] = None
@@ -198,7 +204,8 @@ class ModelConfig:
                    head_dtype=tuple(DTYPES) + (None,), mlp=mlp_lib.KINDS,
                    norm=blocks.NORM_PLACEMENTS,
                    rope_convention=rotary.CONVENTIONS,
-                   remat=tuple(block_stack.REMAT_POLICIES))
+                   remat=tuple(block_stack.REMAT_POLICIES),
+                   injection=tuple(attractor_head.INJECTIONS))
     for name, known in choices.items():
       if getattr(self, name) not in known:
         raise errors.ConfigError(
@@ -348,11 +355,13 @@ class LoopedConfig(ModelConfig):
 class DEQConfig(ModelConfig):
   """The DEQ baseline (models/deq.py): num_layers blocks solved with solve.
 
-  Its output head is untied by definition (tie_embeddings is not read).
+  Its output head is untied by default; tie_embeddings=True unembeds with
+  the embedding (the paper's "DEQ + tied unembedding", Table 3).
   """
 
   KIND: ClassVar[str] = "deq"
   kind: str = "deq"
+  tie_embeddings: bool = False
 
 
 def config_class(kind: str) -> type:

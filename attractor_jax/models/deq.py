@@ -8,8 +8,8 @@ Core applied to the injected state, without Core's identity path on z: with
 it, z = z + e + R(z + e) would have Jacobian I + R' and plain iteration would
 drift by e every step. Compared with the Attractor LM there is no backbone
 (the injection is the raw embedding), the solve starts from zero, and the
-output head is untied by definition (the paper's "DEQ + tied unembedding" is
-a separate ablation).
+output head is untied by default (`tie_embeddings=True` gives the paper's
+"DEQ + tied unembedding" ablation, Table 3).
 
 Kept convergent as the DEQ literature does it (Bai et al. 2021, "Stabilizing
 Equilibrium Models by Jacobian Regularization"): the branches carry
@@ -42,7 +42,7 @@ def core_map(core, z: jax.Array, e: jax.Array, *, positions=None,
 
 
 class DEQ(nnx.Module):
-  """Embedding, core blocks solved to an equilibrium, untied unembedding."""
+  """Embedding, core blocks solved to an equilibrium, (un)tied unembedding."""
 
   def __init__(self, config: DEQConfig, *, rngs: nnx.Rngs):
     lm_common.check_config("DEQ", config, DEQConfig)
@@ -53,7 +53,8 @@ class DEQ(nnx.Module):
     spec = config.block_spec(gated=True, dtype=config.jnp_head_dtype)
     self.core = nnx.List(
         [blocks.Block(spec, rngs=rngs) for _ in range(config.num_layers)])
-    self.unembed = lm_common.Unembedding(config, None, rngs=rngs)
+    self.unembed = lm_common.Unembedding(
+        config, self.embed if config.tie_embeddings else None, rngs=rngs)
 
   def map(self, z: jax.Array, e: jax.Array, *, positions=None,
           segment_ids=None) -> jax.Array:
@@ -112,7 +113,8 @@ class DEQ(nnx.Module):
     e = self.embed(tokens)
     z, stats = self.solve(e, positions=positions, segment_ids=segment_ids,
                           max_iter=max_iter, backward_probe=backward_probe)
-    logits = self.unembed(z, None)
+    logits = self.unembed(z, self.embed if self.config.tie_embeddings
+                          else None)
     loss = None
     if targets is not None:
       loss = lm_common.cross_entropy(logits, targets, self.config.ignore_index)

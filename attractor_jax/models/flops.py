@@ -38,8 +38,8 @@ def block_forward_flops(config: ModelConfig, seq_len: int) -> float:
 
 
 def solved_blocks_flops(block: float, num_blocks: int, solve, iterations:
-                        float, backward_iterations: Optional[float] = None
-                        ) -> float:
+                        float, backward_iterations: Optional[float] = None,
+                        map_extra: float = 0.0) -> float:
   """Training FLOPs per token of blocks solved to a fixed point.
 
   Args:
@@ -49,8 +49,10 @@ def solved_blocks_flops(block: float, num_blocks: int, solve, iterations:
     iterations: forward solver iterations (mean over examples).
     backward_iterations: the implicit backward solve's iterations (default
       its max_iter: an upper bound).
+    map_extra: forward FLOPs per token of the map outside its blocks (the
+      concat injection's projection).
   """
-  per_map = block * num_blocks
+  per_map = block * num_blocks + map_extra
   forward = (iterations + 1) * per_map
   mode = solve.backward
   if mode == "onestep":
@@ -98,9 +100,11 @@ def train_flops_per_token(config: ModelConfig, seq_len: int,
   if iterations is None:
     iterations = config.solve.max_iter
   if kind == "attractor":
+    projection = (2 * 2 * config.dim * config.dim
+                  if config.injection == "concat" else 0.0)
     return (3 * config.num_layers * block + unembed + solved_blocks_flops(
         block, config.head_layers, config.solve, iterations,
-        backward_iterations))
+        backward_iterations, map_extra=projection))
   if kind == "deq":
     return unembed + solved_blocks_flops(
         block, config.num_layers, config.solve, iterations,

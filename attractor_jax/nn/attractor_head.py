@@ -6,8 +6,8 @@ R is the summed residual update of the head's pre-norm blocks, whose attention
 and MLP outputs are gated per channel (small gates keep df/dy small, so f
 contracts); MLP-only blocks, or NNX modules of the user's own, can take their
 place (see `AttractorHead`). The proposal c is injected at every step, not
-only as the start. The head has no dropout, so the solve always sees a
-deterministic map.
+only as the start (`INJECTIONS` lists the paper's Table 4 alternatives). The
+head has no dropout, so the solve always sees a deterministic map.
 
 Call the head under `nnx.jit`: an eager call traces the solver loop again
 each time (it warns once). Inside `attractor_jax.linen` wrappers the solve is
@@ -31,6 +31,8 @@ from flax import nnx
 from attractor_jax import errors
 from attractor_jax import solvers
 from attractor_jax.nn import blocks as blocks_lib
+from attractor_jax.nn import dense as dense_lib
+from attractor_jax.nn import initializers
 from attractor_jax.nn.kv_cache import KVCache
 from attractor_jax.solvers import loop as loop_lib
 from attractor_jax.solvers.anderson import Anderson
@@ -242,6 +244,19 @@ _FIXED_POINT_FIELDS = tuple(
     if name in {f.name for f in dataclasses.fields(SolveConfig)})
 
 
+# How the proposal c enters the map (the paper's Table 4 ablation):
+INJECTIONS = {
+    # f(y; c) = c + R(y + c): c at every step, into R and around it.
+    "additive": "c + R(y + c)",
+    # f(y; c) = y + R(y): c is only the start y0. The Jacobian is I + R', so
+    # plain iteration contracts only where R' does the work.
+    "init_only": "y + R(y)",
+    # f(y; c) = c + R(P [y; c]): R reads a learned projection P (2 dim ->
+    # dim, variance-preserving init) of the concatenated state and proposal.
+    "concat": "c + R(P [y; c])",
+}
+
+
 # ------------------------------------------------- Linen init and eager calls
 
 _SKIP_SOLVE = contextvars.ContextVar("attractor_jax_skip_solve", default=False)
@@ -310,11 +325,15 @@ class AttractorHead(nnx.Module):
     blocks: the weight-tied residual modules of R (applied once per solver
       step).
     solve_config: solver, stopping rule and backward mode.
+    injection: how c enters the map, a key of `INJECTIONS` ("additive", the
+      paper's choice, by default; the others are its Table 4 ablations).
+    injection_proj: P `[2 dim, dim]` of the "concat" injection (else None).
   """
 
   def __init__(self, spec: Optional[blocks_lib.BlockSpec] = None,
                num_blocks: int = 1, solve_config: SolveConfig = SolveConfig(),
                *, residual: Union[nnx.Module, Sequence[nnx.Module], None] = None,
+               injection: str = "additive",
                rngs: Optional[nnx.Rngs] = None):
     if (spec is None) == (residual is None):
       raise ValueError("Give the attractor head either a BlockSpec (spec, "
@@ -322,7 +341,16 @@ class AttractorHead(nnx.Module):
     if not isinstance(solve_config, SolveConfig):
       raise TypeError(f"solve_config must be a SolveConfig; got "
                       f"{type(solve_config).__name__}.")
+    if injection not in INJECTIONS:
+      raise ValueError(f"Unknown injection {injection!r}; expected one of "
+                       f"{', '.join(INJECTIONS)}.")
+    self.injection = injection
+    self.injection_proj = nnx.data(None)
     if residual is not None:
+      if injection == "concat":
+        raise ValueError("The concat injection needs the head's BlockSpec "
+                         "(its width); with residual modules use additive or "
+                         "init_only.")
       modules = ([residual] if isinstance(residual, nnx.Module)
                  else list(residual))
       if not modules or not all(isinstance(m, nnx.Module) for m in modules):
@@ -351,6 +379,10 @@ class AttractorHead(nnx.Module):
     self.blocks = nnx.List(
         [blocks_lib.Block(spec, rngs=rngs) for _ in range(num_blocks)])
     self.solve_config = solve_config
+    if injection == "concat":
+      self.injection_proj = initializers.make_param(
+          rngs, initializers.truncated_normal((2 * spec.dim) ** -0.5),
+          (2 * spec.dim, spec.dim), (None, "embed"), spec.param_dtype)
 
   @classmethod
   def create(cls, *, dim: int, mlp_dim: int, causal: bool,
@@ -360,6 +392,7 @@ class AttractorHead(nnx.Module):
              gate_init: float = 0.1, out_init_scale: float = 1.0,
              init_std: Optional[float] = None, norm_eps: float = 1e-5,
              solve_config: SolveConfig = SolveConfig(),
+             injection: str = "additive",
              dtype=jnp.float32, param_dtype=jnp.float32,
              rngs: nnx.Rngs) -> "AttractorHead":
     """An attractor head of gated pre-norm blocks, with safe defaults.
@@ -387,6 +420,7 @@ class AttractorHead(nnx.Module):
         1024 is close to it; at width 16 it would leave f nearly constant).
       norm_eps: RMSNorm epsilon.
       solve_config: solver settings (default: `fixed_point`'s defaults).
+      injection: how c enters the map (`INJECTIONS`).
       dtype, param_dtype: activation and parameter dtypes.
       rngs: parameter initialisation.
     """
@@ -404,7 +438,7 @@ class AttractorHead(nnx.Module):
         norm_eps=norm_eps, gate_max=gate_max, gate_init=gate_init,
         init_std=init_std, out_init_scale=out_init_scale, dtype=dtype,
         param_dtype=param_dtype, attention=attention)
-    return cls(spec, num_blocks, solve_config, rngs=rngs)
+    return cls(spec, num_blocks, solve_config, injection=injection, rngs=rngs)
 
   def residual(self, x: jax.Array, **context) -> jax.Array:
     """R(x): the summed residual updates of the blocks applied in turn.
@@ -422,9 +456,25 @@ class AttractorHead(nnx.Module):
       total = total + delta
     return total
 
+  def branch_input(self, y: jax.Array, c: jax.Array) -> jax.Array:
+    """What R reads: y + c, y (init_only) or P [y; c] (concat)."""
+    if self.injection == "additive":
+      return y + c
+    if self.injection == "init_only":
+      return y
+    proj = self.injection_proj[...]
+    both = jnp.concatenate([y, c], axis=-1).astype(proj.dtype)
+    return dense_lib.dense(both, proj).astype(y.dtype)
+
+  def map_output(self, y: jax.Array, c: jax.Array,
+                 update: jax.Array) -> jax.Array:
+    """f from R's update: c + update, or y + update (init_only)."""
+    return (y if self.injection == "init_only" else c) + update
+
   def map(self, y: jax.Array, c: jax.Array, **context) -> jax.Array:
-    """f(y; c) = c + R(y + c)."""
-    return c + self.residual(y + c, **context)
+    """f(y; c) = c + R(y + c) (or the head's other `injection`)."""
+    return self.map_output(
+        y, c, self.residual(self.branch_input(y, c), **context))
 
   def map_cached(self, y: jax.Array, c: jax.Array, positions: jax.Array,
                  caches: Sequence[KVCache]):
@@ -436,14 +486,14 @@ class AttractorHead(nnx.Module):
       if not (isinstance(block, blocks_lib.Block) and block.attn is not None
               and block.spec.causal):
         raise ValueError("Cached solving needs causal attention blocks.")
-    x = y + c
+    x = self.branch_input(y, c)
     total = jnp.zeros_like(x)
     new_kv = []
     for block, cache in zip(self.blocks, caches, strict=True):
       delta, kv = block.branch_cached(x + total, positions, cache)
       total = total + delta
       new_kv.append(kv)
-    return c + total, new_kv
+    return self.map_output(y, c, total), new_kv
 
   def solve_cached(self, c: jax.Array, positions: jax.Array,
                    caches: Sequence[KVCache], *, max_iter: Optional[int] = None

@@ -74,7 +74,7 @@ def _eval_step(model, batch: dict, max_iter: Optional[int]) -> dict:
   return sums
 
 
-def _global_batch(model, batch: dict) -> dict:
+def global_batch(model, batch: dict) -> dict:
   """The batch as is on one process; with several, each process's rows (its
   share, as the data pipeline gives it) assembled into global arrays over the
   mesh the model's parameters live on."""
@@ -115,7 +115,7 @@ def evaluate(model, batches: Batches, *, max_iter: Optional[int] = None,
   for batch in _iterate(batches):
     if max_batches is not None and count >= max_batches:
       break
-    batch = _global_batch(model, dict(batch))
+    batch = global_batch(model, dict(batch))
     sums = _eval_step(model, batch, max_iter=max_iter)
     sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
     n = int(sums.pop("tokens"))

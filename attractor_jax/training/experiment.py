@@ -195,6 +195,11 @@ def _install_tokenizer(staged: os.PathLike, target: epath.Path):
   return tokenizer_lib.tokenizer_from_bytes(data, target)
 
 
+def validation_documents(config: ml_collections.ConfigDict) -> list:
+  """The run's held-out documents (the same split as its validation set)."""
+  return _split(config, need_train=False)[1]
+
+
 def prepare_validation(config: ml_collections.ConfigDict, workdir: str,
                        tokenizer=None) -> list[dict]:
   """Only the validation batches (no training pipeline is built).
@@ -370,6 +375,8 @@ def validate_lm_config(config: ml_collections.ConfigDict,
     check_integer(config, name, 1)
   check_integer(config, "seed", -2**63)
   check_integer(config, "eval_batches", 0)
+  if "last_word_examples" in config:
+    check_integer(config, "last_word_examples", 0)
   check_integer(config, "data.seq_len", 1)
   check_integer(config, "data.vocab_size", 1)
   check_integer(config, "divergence.max_consecutive_bad_steps", 0)

@@ -1,13 +1,14 @@
 """Language modelling as a `tasks.Task`: text in, next-token loss out.
 
 Its data are `experiment.LMData` (tokenizer, packed training batches, fixed
-validation batches); after training it sweeps test-time depth and prints a
-sample.
+validation batches); after training it scores held-out last words, sweeps
+test-time depth and prints a sample.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Optional
 
@@ -21,6 +22,7 @@ from attractor_jax.parallel import distributed
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
 from attractor_jax.training import generation
+from attractor_jax.training import last_word
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import tasks
 
@@ -76,9 +78,9 @@ class LMTask(tasks.Task):
     return evaluation.evaluate(model, data.validation)
 
   def finish(self, config, workdir, model, data) -> dict[str, Any]:
-    """The depth sweep (kinds that have a depth) and a sample (kinds with
-    cached decoding)."""
-    results = {}
+    """Last-word accuracy, the depth sweep (kinds that have a depth) and a
+    sample (kinds with cached decoding)."""
+    results = last_word_results(config, workdir, model, data.tokenizer)
     kind = model.config.kind
     if config.depth_sweep and registry.supports(kind, registry.DEPTH_SWEEP):
       results.update(depth_sweeps(model, data.validation, workdir))
@@ -112,9 +114,32 @@ class LMTask(tasks.Task):
           f"perplexity {result['perplexity']:.2f} over {result['tokens']} "
           "tokens")
     results = {"validation": result}
+    results.update(last_word_results(config, workdir, trained.model,
+                                     assets))
     if registry.supports(trained.model.config.kind, registry.DEPTH_SWEEP):
       results.update(depth_sweeps(trained.model, batches, workdir))
     return results
+
+
+def last_word_results(config, workdir: str, model, tokenizer) -> dict:
+  """{"last_word": ...} of `last_word.evaluate` on the validation split,
+  printed and written to workdir/eval/last_word.json by process 0 (empty
+  with config.last_word_examples = 0)."""
+  limit = config.get("last_word_examples", 0)
+  if not limit:
+    return {}
+  result = last_word.evaluate(
+      model, experiment.validation_documents(config), tokenizer,
+      seq_len=config.data.seq_len, batch_size=config.batch_size,
+      max_examples=limit)
+  print(f"Held-out last words: accuracy {result['accuracy']:.3f} "
+        f"(± {result['sem']:.3f}), perplexity {result['perplexity']:.1f} "
+        f"over {result['words']} words ({result['skipped']} skipped)")
+  if distributed.is_main_process():
+    out = epath.Path(workdir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "last_word.json").write_text(json.dumps(result, indent=2))
+  return {"last_word": result}
 
 
 def depth_sweeps(model, batches, workdir: str) -> dict[str, list]:

@@ -16,27 +16,42 @@ import shutil
 import statistics
 import time
 
+import jax
+from flax import nnx
+
+from attractor_jax import models
 from attractor_jax.configs import lm
+from attractor_jax.training import experiment
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
 
 
 def config_with(overrides: dict, seed: int, steps: int):
-  """The embedded default with `overrides`, `seed` and `steps`."""
+  """The embedded default with `seed`, `steps` and then `overrides` (no depth
+  sweep and no sample unless the overrides ask for them)."""
   config = lm.get_config()
-  for dotted, value in overrides.items():
-    *parents, leaf = dotted.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
   config.seed = seed
   config.total_steps = steps
   config.log_every = max(1, steps // 6)
   config.eval_every = steps
   config.depth_sweep = False
   config.sample.num_tokens = 0
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
   return config
+
+
+def parameter_count(overrides: dict) -> int:
+  """Parameters of the model that `overrides` give the embedded default."""
+  config = config_with(overrides, seed=0, steps=1)
+  model_config = experiment.model_config_from(config, config.data.vocab_size)
+  model = nnx.eval_shape(lambda: models.build_model(model_config,
+                                                    rngs=nnx.Rngs(0)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def train(name: str, overrides: dict, seed: int, steps: int,
@@ -50,11 +65,15 @@ def train(name: str, overrides: dict, seed: int, steps: int,
   rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
   val = summary["validation"]
+  words = summary.get("last_word", {})
   return {"mode": name, "seed": seed, "perplexity": val["perplexity"],
           "loss": val["loss"], "tokens": val["tokens"],
           "iterations": val.get("iterations", math.nan),
+          "converged_fraction": val.get("converged_fraction", math.nan),
+          "last_word_accuracy": words.get("accuracy", math.nan),
+          "last_word_words": words.get("words", 0),
           "tokens_per_s": statistics.median(rates) if rates else math.nan,
-          "wall_s": wall}
+          "wall_s": wall, "workdir": workdir}
 
 
 def train_all(variants: dict, seeds, steps: int, workdir_root: str
@@ -81,35 +100,138 @@ def write_outputs(out: str, text: str, payload: dict, plot) -> None:
   print(text)
 
 
+def _stdev(values: list[float]) -> float:
+  """Sample std; NaN with fewer than two values or any NaN among them."""
+  if len(values) < 2 or any(v != v for v in values):
+    return math.nan
+  return statistics.stdev(values)
+
+
+def paired_stats(runs: list[dict], name: str, baseline: str,
+                 metric: str) -> dict:
+  """`metric` of variant `name` over seeds: mean, std and sem, and the paired
+  difference to `baseline` (same seed) as diff and diff_sem."""
+  base = {r["seed"]: r.get(metric, math.nan) for r in runs
+          if r["mode"] == baseline}
+  mine = [r for r in runs if r["mode"] == name]
+  values = [r.get(metric, math.nan) for r in mine]
+  diffs = [value - base[r["seed"]] for r, value in zip(mine, values)]
+  std, diff_std = _stdev(values), _stdev(diffs)
+  return {"mean": statistics.mean(values), "std": std,
+          "sem": std / math.sqrt(len(values)),
+          "diff": statistics.mean(diffs),
+          "diff_sem": diff_std / math.sqrt(len(diffs)), "seeds": len(mine)}
+
+
 def over_seeds(runs: list[dict], names, baseline: str) -> list[dict]:
-  """Per variant: perplexity mean, std and sem over seeds, the paired
-  difference to `baseline` (mean and sem), mean solver iterations, and the
-  step time relative to the baseline's."""
-  base = {r["seed"]: r for r in runs if r["mode"] == baseline}
+  """Per variant: perplexity and last-word accuracy (mean, std and sem over
+  seeds, the paired difference to `baseline` with its sem), mean solver
+  iterations and converged fraction, and the step time relative to the
+  baseline's."""
+  base_rate = statistics.mean(r["tokens_per_s"] for r in runs
+                              if r["mode"] == baseline)
   rows = []
   for name in names:
+    ppl = paired_stats(runs, name, baseline, "perplexity")
+    words = paired_stats(runs, name, baseline, "last_word_accuracy")
     mine = [r for r in runs if r["mode"] == name]
-    ppl = [r["perplexity"] for r in mine]
-    std = statistics.stdev(ppl) if len(ppl) > 1 else math.nan
-    diffs = [r["perplexity"] - base[r["seed"]]["perplexity"] for r in mine]
-    diff_std = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
-    rate = statistics.mean(r["tokens_per_s"] for r in mine)
-    base_rate = statistics.mean(r["tokens_per_s"] for r in base.values())
+    mean = lambda key, mine=mine: statistics.mean(r.get(key, math.nan)
+                                                  for r in mine)
+    rate = mean("tokens_per_s")
     rows.append({
-        "mode": name, "seeds": len(mine), "perplexity": statistics.mean(ppl),
-        "std": std, "sem": std / math.sqrt(len(ppl)),
-        "diff": statistics.mean(diffs),
-        "diff_sem": diff_std / math.sqrt(len(diffs)),
-        "iterations": statistics.mean(r["iterations"] for r in mine),
+        "mode": name, "seeds": ppl["seeds"], "perplexity": ppl["mean"],
+        "std": ppl["std"], "sem": ppl["sem"], "diff": ppl["diff"],
+        "diff_sem": ppl["diff_sem"],
+        **{f"last_word_{k}": v for k, v in words.items() if k != "seeds"},
+        "iterations": mean("iterations"),
+        "converged_fraction": mean("converged_fraction"),
         "tokens_per_s": rate, "step_time_ratio": base_rate / rate})
   return rows
 
 
+def number(value: float, spec: str = ".1f", unit: str = "") -> str:
+  """`value` formatted with `unit`, or "-" for NaN (a model without it)."""
+  return "-" if value != value else format(value, spec) + unit
+
+
+def ablation_table(rows: list[dict], baseline: str,
+                   params: dict[str, int]) -> list[str]:
+  """Markdown lines: perplexity, paired difference to `baseline`, last-word
+  accuracy, parameters, solver iterations and converged fraction."""
+  lines = [f"| variant | perplexity | sem | vs {baseline} (paired) | "
+           "last-word acc. | parameters | iterations | converged |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['mode']} | {r['perplexity']:.2f} ± {r['std']:.2f} | "
+        f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
+        f"{100 * r['last_word_mean']:.1f}% | {params[r['mode']] / 1e3:.0f}k | "
+        f"{number(r['iterations'])} | "
+        f"{number(100 * r['converged_fraction'], '.1f', '%')} |")
+  return lines
+
+
 def runs_table(runs: list[dict]) -> list[str]:
   """Markdown lines listing every run."""
-  lines = ["| variant | seed | perplexity | tokens/s | wall s |",
-           "|---|---|---|---|---|"]
+  lines = ["| variant | seed | perplexity | last-word acc. | tokens/s | "
+           "wall s |", "|---|---|---|---|---|---|"]
   for r in runs:
+    accuracy = number(100 * r.get("last_word_accuracy", math.nan), ".1f",
+                      "%")
     lines.append(f"| {r['mode']} | {r['seed']} | {r['perplexity']:.2f} | "
-                 f"{r['tokens_per_s']:.0f} | {r['wall_s']:.0f} |")
+                 f"{accuracy} | {r['tokens_per_s']:.0f} | "
+                 f"{r['wall_s']:.0f} |")
   return lines
+
+
+def plot_perplexity(rows: list[dict], path: str, baseline: str) -> None:
+  """Two bar charts: perplexity (± std) and the paired difference to
+  `baseline` (± sem)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(2 + 1.3 * len(rows), 3), layout="constrained")
+  left, right = fig.subplots(1, 2)
+  names = [r["mode"] for r in rows]
+  left.bar(names, [r["perplexity"] for r in rows],
+           yerr=[r["std"] for r in rows], color="C0")
+  left.set_title("validation perplexity")
+  right.bar(names, [r["diff"] for r in rows],
+            yerr=[r["diff_sem"] for r in rows], color="C1")
+  right.axhline(0.0, color="black", linewidth=0.8)
+  right.set_title(f"paired difference to {baseline}")
+  for axes in (left, right):
+    axes.tick_params(axis="x", labelrotation=20)
+  fig.savefig(path, dpi=100)
+
+
+def setup_line(runs: list[dict], args, baseline: str) -> str:
+  """What every table's runs were: steps, seeds, validation and pairing."""
+  words = statistics.mean(r.get("last_word_words", 0) for r in runs)
+  return (f"Tiny presets on the built-in corpus, {args.steps} steps of the "
+          f"embedded default's batches, seeds "
+          f"{', '.join(map(str, args.seeds))}; perplexity over the whole "
+          f"validation split (about {runs[0]['tokens']} tokens): mean ± std "
+          f"over seeds, the standard error of the mean (sem), and the paired "
+          f"difference to {baseline} (same seed: same split, batches and "
+          f"data order) with its sem. Last-word accuracy: LAMBADA-style, the "
+          f"last word of each held-out paragraph (about {words:.0f} words "
+          "per seed, attractor_jax/training/last_word.py).")
+
+
+def run_ablation(title: str, variants: dict, baseline: str,
+                 paper: dict[str, float], args, note: str = "") -> list[dict]:
+  """Trains `variants` over `args.seeds` and writes args.out.{md,json,png}:
+  `ablation_table` with the paper's perplexities and `note` below it."""
+  runs = train_all(variants, args.seeds, args.steps, args.workdir_root)
+  rows = over_seeds(runs, variants, baseline)
+  params = {name: parameter_count(overrides)
+            for name, overrides in variants.items()}
+  lines = [f"# {title}", "", setup_line(runs, args, baseline), ""]
+  lines += ablation_table(rows, baseline, params)
+  lines += ["", "The paper's perplexities (60M parameters): "
+            + ", ".join(f"{k} {v}" for k, v in paper.items()) + ".", ""]
+  lines += ([note, ""] if note else []) + ["Runs:", ""] + runs_table(runs)
+  write_outputs(args.out, "\n".join(lines) + "\n",
+                {"rows": rows, "runs": runs, "steps": args.steps,
+                 "parameters": params},
+                lambda path: plot_perplexity(rows, path, baseline))
+  return rows

@@ -211,7 +211,8 @@ def test_deq_converges_from_a_zero_start_and_is_untied():
   model = DEQ(tiny("deq", out_init_scale=1.0,
                    solve=SolveConfig(max_iter=32, tol=1e-3)),
               rngs=nnx.Rngs(6))
-  assert model.unembed.output is not None     # untied despite tie_embeddings
+  assert not model.config.tie_embeddings      # the DEQ's default
+  assert model.unembed.output is not None
   tokens = random_tokens(6)
 
   @nnx.jit
@@ -230,3 +231,25 @@ def test_deq_converges_from_a_zero_start_and_is_untied():
   # max_iter=0 returns the zero start, whose RMS-normalised logits are 0.
   np.testing.assert_array_equal(zero.logits, 0.0)
   np.testing.assert_array_equal(zero.stats.iterations, 0)
+
+
+def test_deq_with_tied_unembedding_reads_the_embedding():
+  config = tiny("deq", out_init_scale=1.0, tie_embeddings=True)
+  model = DEQ(config, rngs=nnx.Rngs(6))
+  assert model.unembed.output is None
+  untied = DEQ(config.replace(tie_embeddings=False), rngs=nnx.Rngs(6))
+  count = lambda m: sum(x.size for x in jax.tree.leaves(
+      nnx.state(m, nnx.Param)))
+  assert count(untied) - count(model) == config.vocab_size * config.dim
+  tokens = random_tokens(6)
+
+  @nnx.jit
+  def run(model, tokens):
+    positions = lm_common.default_positions(tokens)
+    z, _ = model.solve(model.embed(tokens), positions=positions)
+    return model(tokens).logits, model.unembed.norm(z)
+
+  logits, normed = run(model, tokens)
+  # logits = RMSNorm(z*) E^T: the unembedding is the embedding.
+  np.testing.assert_allclose(
+      logits, normed @ model.embed.embedding[...].T, atol=1e-4)

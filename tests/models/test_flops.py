@@ -48,6 +48,16 @@ def test_attractor_counts_every_solver_iteration_of_the_head():
                    + (4 + 1 + 4) * head_block)
 
 
+def test_concat_injection_counts_its_projection_at_every_evaluation():
+  config = presets.get_preset("attractor-tiny").replace(injection="concat")
+  head_map = 2 * matrix_params(config, "head") + 4 * SEQ * config.dim
+  at = lambda n: flops.train_flops_per_token(config, SEQ, iterations=n)
+  assert at(8) - at(4) == 4 * head_map        # P [y; c] is part of the map
+  additive = config.replace(injection="additive")
+  assert at(4) - flops.train_flops_per_token(additive, SEQ, iterations=4) == (
+      (4 + 1 + 4) * 2 * 2 * config.dim ** 2)
+
+
 def test_backward_modes_cost_what_they_compute():
   config = presets.get_preset("attractor-tiny")
   cost = {}

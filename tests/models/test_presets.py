@@ -38,9 +38,9 @@ def formula(config) -> int:
   elif config.kind == "looped":
     blocks = config.prelude_layers + config.num_layers + config.coda_layers
     extra = 2 * d                                          # decay a, scale b
-  else:                                     # deq: untied head, gated core
-    blocks, extra = config.num_layers, v * d + config.num_layers * 2 * d
-  untied = 0 if config.tie_embeddings or config.kind == "deq" else v * d
+  else:                                     # deq: gated core
+    blocks, extra = config.num_layers, config.num_layers * 2 * d
+  untied = 0 if config.tie_embeddings else v * d
   return v * d + blocks * block + extra + final_norm + untied
 
 

@@ -244,3 +244,34 @@ def test_linen_docstring_example_runs():
   namespace = {}
   exec(compile(code, "attractor_jax.linen docstring", "exec"), namespace)  # pylint: disable=exec-used
   assert namespace["out"].shape == (4, 1)
+
+
+@pytest.mark.parametrize("injection", tuple(attractor_head.INJECTIONS))
+def test_each_injection_is_the_map_it_names(injection):
+  head = make_head(causal=True, injection=injection)
+  y, c = random((2, SEQ, DIM), 1), random((2, SEQ, DIM), 2)
+  residual = lambda x: head.residual(x)
+  if injection == "additive":
+    expected = c + residual(y + c)
+  elif injection == "init_only":
+    expected = y + residual(y)
+  else:
+    proj = head.injection_proj[...]
+    assert proj.shape == (2 * DIM, DIM)
+    expected = c + residual(jnp.concatenate([y, c], -1) @ proj)
+  if injection != "concat":
+    assert head.injection_proj is None
+  np.testing.assert_allclose(np.asarray(apply_map(head, y, c)),
+                             np.asarray(expected), atol=1e-5)
+  # Every injection keeps the map causal.
+  changes = change_per_token(head, c, 3)
+  assert np.all(changes[:3] == 0) and np.all(changes[3:] > 0)
+
+
+def test_unknown_or_unsupported_injection_is_refused():
+  with pytest.raises(ValueError, match="Unknown injection 'sum'.*additive"):
+    make_head(causal=True, injection="sum")
+  with pytest.raises(ValueError, match="concat injection needs"):
+    attractor_head.AttractorHead(residual=nnx.Linear(DIM, DIM,
+                                                     rngs=nnx.Rngs(0)),
+                                 injection="concat")

@@ -170,6 +170,7 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
   config.sample.num_tokens = 4
   summary = trainer.train_and_evaluate(config, WORKDIR)
   assert summary["start_step"] == 2 and summary["step"] == 4
+  assert summary["last_word"]["words"] > 0
   # evaluate and generate, as `python -m attractor_jax.evaluate
   # --workdir=gs://bucket/run` runs them (evaluate writes eval/).
   capsys.readouterr()
@@ -183,6 +184,7 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
   for name in ("config.json", "tokenizer.model", "metrics.jsonl",
                "sample.txt", "eval/depth_sweep.json", "eval/depth_sweep.txt",
                "eval/depth_sweep.png", "eval/depth_sweep_exact.json",
+               "eval/last_word.json",
                "checkpoints/2/commit_success.txt",
                "checkpoints/4/commit_success.txt"):
     assert name in files, files
