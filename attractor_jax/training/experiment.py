@@ -463,8 +463,10 @@ def check_optimizer(config) -> None:
     raise errors.ConfigError(f"optimizer: {error}{hint}") from error
 
 
-def check_mesh(config, num_devices: Optional[int]) -> None:
-  """The mesh against the devices, and the batch against the mesh."""
+def check_mesh(config, num_devices: Optional[int],
+               batch_fields: tuple[str, ...] = ("batch_size",)) -> None:
+  """The mesh against the devices, and the batches (`batch_fields` of the
+  config, each a global batch) against the processes and the mesh."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   sizes = tuple(config.mesh.get(axis) for axis in mesh_lib.MESH_AXES)
   dcn_data = config.mesh.get("dcn_data", 1)
@@ -496,19 +498,20 @@ def check_mesh(config, num_devices: Optional[int]) -> None:
         f"{num_devices // dcn_data} device(s) of each of the {dcn_data} "
         "data-parallel group(s); -1 takes the rest.") from error
   data *= dcn_data
-  global_batch = config.batch_size
   processes = jax.process_count()
-  if global_batch % processes:
-    raise errors.ConfigError(
-        f"The batch of {global_batch} does not split over the {processes} "
-        "processes (config.batch_size is the global batch).\nPass "
-        f"--config.batch_size= a multiple of {processes}.")
-  if global_batch % (data * fsdp):
-    raise errors.ConfigError(
-        f"The batch of {global_batch} does not split over the mesh's "
-        f"{data * fsdp} data-parallel devices (mesh.data {data} x mesh.fsdp "
-        f"{fsdp}).\nPass --config.batch_size= a multiple of {data * fsdp}, or "
-        "change --config.mesh.*.")
+  for field in batch_fields:
+    global_batch = config[field]
+    if global_batch % processes:
+      raise errors.ConfigError(
+          f"The batch of {global_batch} does not split over the {processes} "
+          f"processes (config.{field} is the global batch).\nPass "
+          f"--config.{field}= a multiple of {processes}.")
+    if global_batch % (data * fsdp):
+      raise errors.ConfigError(
+          f"The batch of {global_batch} does not split over the mesh's "
+          f"{data * fsdp} data-parallel devices (mesh.data {data} x mesh.fsdp "
+          f"{fsdp}).\nPass --config.{field}= a multiple of {data * fsdp}, "
+          "or change --config.mesh.*.")
 
 
 def _check_sample(config) -> None:

@@ -33,7 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
+from attractor_jax.parallel import mesh as mesh_lib
+from attractor_jax.training import evaluation
 from attractor_jax.training.puzzle_data import PuzzleSet
 
 RESULTS_NAME = "puzzle_eval.json"
@@ -77,12 +80,30 @@ def _batches(data: PuzzleSet, batch_size: int):
            stop - start)
 
 
+def _solve_global_batch(model, inputs, labels, mask) -> dict[str, np.ndarray]:
+  """`_solve_batch` on one process; with several, each solves its share of
+  the batch's rows (assembled into global arrays) and every process gets
+  all results back."""
+  if jax.process_count() == 1:
+    return jax.device_get(_solve_batch(model, inputs, labels, mask))
+  rows = mesh_lib.process_batch_slice(len(inputs))
+  batch = evaluation.global_batch(model, {
+      "inputs": inputs[rows], "labels": labels[rows], "mask": mask[rows]})
+  # (Global arrays come back whole whatever `tiled`; it must be True.)
+  return multihost_utils.process_allgather(_solve_batch(
+      model, batch["inputs"], batch["labels"], batch["mask"]), tiled=True)
+
+
 def per_puzzle_results(model, data: PuzzleSet, *, batch_size: int = 256
                        ) -> dict[str, np.ndarray]:
-  """Per-segment results of every puzzle: each value `[segments, n]`."""
+  """Per-segment results of every puzzle: each value `[segments, n]`.
+
+  Every process passes over all puzzles; with several processes each solves
+  its share of every batch (`batch_size` must divide by their number).
+  """
   pieces: dict[str, list] = {}
   for inputs, labels, mask, real in _batches(data, batch_size):
-    rows = jax.device_get(_solve_batch(model, inputs, labels, mask))
+    rows = _solve_global_batch(model, inputs, labels, mask)
     for key, value in rows.items():
       pieces.setdefault(key, []).append(np.asarray(value)[:, :real])
   return {key: np.concatenate(value, axis=1) for key, value in pieces.items()}

@@ -167,7 +167,11 @@ class PuzzleTask(tasks.Task):
           f"{config.data.augment!r}.")
     model_config = model_config_from(config)
     experiment.check_optimizer(config)
-    experiment.check_mesh(config, num_devices)
+    # Over several processes evaluation splits its batches like training's
+    # (one process evaluates whole batches, replicated).
+    batches = ("batch_size",) + (("eval_batch_size",)
+                                 if jax.process_count() > 1 else ())
+    experiment.check_mesh(config, num_devices, batch_fields=batches)
     if workdir is not None:
       experiment.check_workdir_model(workdir, model_config,
                                      model_config_from)

@@ -5,7 +5,8 @@
 process with two devices and the same global batch (the two processes
 build the multi-slice mesh, `mesh.dcn_data=2`): the losses must agree step
 by step, each process must have read only its half of every batch, and
-the checkpoints must restore in a single process.
+the checkpoints must restore in a single process. The evaluations after
+training (LM last words, the puzzle test set) split their batches too.
 """
 
 import json
@@ -106,6 +107,13 @@ def test_only_process_zero_writes_and_both_print_the_same_sample(runs,
     assert json.load(f)["batch_size"] == 4        # the global batch
   samples = [out.split("Sample:")[-1].strip() for out in stdouts]
   assert samples[0] and samples[0] == samples[1]
+  # Last-word accuracy over global batches assembled from both processes.
+  words = [out.split("Held-out last words: ")[1].split("\n")[0]
+           for out in stdouts]
+  assert words[0] == words[1] and "over 0 words" not in words[0]
+  with open(os.path.join(shared, "eval", "last_word.json"),
+            encoding="utf-8") as f:
+    assert json.load(f)["words"] > 0
   with open(os.path.join(shared, "sample.txt"), encoding="utf-8") as f:
     assert f.read().strip() == samples[0]
   steps = sorted(int(d) for d in os.listdir(os.path.join(shared, "checkpoints"))
@@ -126,3 +134,45 @@ def test_a_two_process_checkpoint_evaluates_in_one_process(runs):
     outputs.append(float(loss))
   np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4)
 
+
+
+_PUZZLE = ["--config=attractor_jax/configs/sudoku.py:transformer-tiny",
+           "--config.total_steps=2", "--config.batch_size=4",
+           "--config.eval_every=2", "--config.eval_examples=8",
+           "--config.eval_batch_size=250", "--config.checkpoint_every=2"]
+
+
+def test_two_processes_evaluate_the_puzzle_test_set_as_one(tmp_path):
+  """Training shards, and so does the whole-test-set evaluation: each
+  process solves half of every batch, and both see all the results."""
+  single = tmp_path / "single"
+  result = subprocess.run(
+      [sys.executable, "-m", "attractor_jax.train", f"--workdir={single}"]
+      + _PUZZLE, env=_environment(2), capture_output=True, text=True,
+      timeout=_TIMEOUT_S)
+  assert result.returncode == 0, result.stderr[-3000:]
+  shared = tmp_path / "two"
+  address = f"127.0.0.1:{_free_port()}"
+  workers = [subprocess.Popen(
+      [sys.executable, "-m", "attractor_jax.train", f"--workdir={shared}",
+       f"--coordinator_address={address}", "--num_processes=2",
+       f"--process_id={i}"] + _PUZZLE + ["--config.mesh.dcn_data=2"],
+      env=_environment(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  try:
+    outputs = [worker.communicate(timeout=_TIMEOUT_S) for worker in workers]
+  finally:
+    for worker in workers:
+      worker.kill()
+  for worker, (_, err) in zip(workers, outputs):
+    assert worker.returncode == 0, err[-3000:]
+  results = []
+  for workdir in (single, shared):
+    with open(workdir / "eval" / "puzzle_eval.json", encoding="utf-8") as f:
+      results.append(json.load(f))
+  assert results[1]["count"] == results[0]["count"] == 5000
+  for key in ("exact_accuracy", "cell_accuracy", "blank_cell_accuracy"):
+    assert results[1][key] == pytest.approx(results[0][key], abs=1e-6), key
+  tables = [out.split("sudoku test set")[1].split("\nwrote")[0].strip()
+            for out, _ in outputs]
+  assert tables[0] == tables[1]          # both processes saw every result
