@@ -9,6 +9,7 @@ variants; the paired difference to a baseline variant (same seed: same split,
 batches and initialisation) is the comparison that can rank them.
 """
 
+import argparse
 import json
 import math
 import os
@@ -24,6 +25,18 @@ from attractor_jax.configs import lm
 from attractor_jax.training import experiment
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
+
+
+def argument_parser(doc: str, name: str, steps: int = 300
+                    ) -> argparse.ArgumentParser:
+  """The options every script takes: --steps, --seeds, --workdir_root
+  (/tmp/NAME) and --out (experiments/paper/results/NAME)."""
+  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser.add_argument("--steps", type=int, default=steps)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--workdir_root", default=f"/tmp/{name}")
+  parser.add_argument("--out", default=f"experiments/paper/results/{name}")
+  return parser
 
 
 def config_with(overrides: dict, seed: int, steps: int):

@@ -15,7 +15,6 @@ good at T = 0 as at its fixed point (equilibrium internalization), while
 the looped model is good only near the depth it was trained at.
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -89,13 +88,8 @@ def plot(curves: dict, path: str) -> None:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser = common.argument_parser(__doc__, "figure7_depth")
   parser.add_argument("--max_depth", type=int, default=16)
-  parser.add_argument("--workdir_root", default="/tmp/figure7_depth")
-  parser.add_argument("--out", default="experiments/paper/results/"
-                      "figure7_depth")
   args = parser.parse_args(argv)
   runs = common.train_all(VARIANTS, args.seeds, args.steps, args.workdir_root)
   depths = list(range(args.max_depth + 1))

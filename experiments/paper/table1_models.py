@@ -15,7 +15,6 @@ The paper's Table 1 (140M to 770M, perplexity): the Attractor LM beats GPT
 and the looped model at every size (docs/design.md).
 """
 
-import argparse
 import os
 import sys
 
@@ -69,12 +68,7 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir_root", default="/tmp/table1_models")
-  parser.add_argument("--out", default="experiments/paper/results/"
-                      "table1_models")
+  parser = common.argument_parser(__doc__, "table1_models")
   args = parser.parse_args(argv)
   runs = common.train_all(VARIANTS, args.seeds, args.steps, args.workdir_root)
   rows = summarise(runs)

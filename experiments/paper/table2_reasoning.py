@@ -18,7 +18,6 @@ The paper's Table 2 (27M parameters, ~1000 examples, GPU-days): Attractor
 blank-cell accuracy is what can still rank the models.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -101,12 +100,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=2000)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir_root", default="/tmp/table2_reasoning")
-  parser.add_argument("--out", default="experiments/paper/results/"
-                      "table2_reasoning")
+  parser = common.argument_parser(__doc__, "table2_reasoning", steps=1000)
   args = parser.parse_args(argv)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   runs = []

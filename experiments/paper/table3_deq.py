@@ -19,7 +19,6 @@ Attractor 34.05 perplexity, the Attractor reaching the tolerance in 1.7x
 fewer iterations (docs/design.md).
 """
 
-import argparse
 import os
 import sys
 
@@ -39,11 +38,7 @@ PAPER = {"deq": 42.18, "deq_tied": 38.74, "attractor": 34.05}
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir_root", default="/tmp/table3_deq")
-  parser.add_argument("--out", default="experiments/paper/results/table3_deq")
+  parser = common.argument_parser(__doc__, "table3_deq")
   args = parser.parse_args(argv)
   return common.run_ablation(
       "Table 3 in miniature: DEQ, DEQ + tied unembedding, Attractor",

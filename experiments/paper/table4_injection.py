@@ -17,7 +17,6 @@ converged; concatenation 36.81 at 11.2 iterations; additive 34.05 at 8.4
 iterations, 99.7% converged (docs/design.md).
 """
 
-import argparse
 import os
 import sys
 
@@ -39,12 +38,7 @@ PAPER = {"init_only": 51.92, "concat": 36.81, "additive": 34.05}
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir_root", default="/tmp/table4_injection")
-  parser.add_argument("--out", default="experiments/paper/results/"
-                      "table4_injection")
+  parser = common.argument_parser(__doc__, "table4_injection")
   args = parser.parse_args(argv)
   return common.run_ablation(
       "Table 4 in miniature: proposal injection", VARIANTS, "additive",

@@ -14,7 +14,6 @@ The paper's Table 5 (760M, 20B tokens): implicit 33.91 perplexity at 2.7x
 the step time of onestep, phantom 34.24, onestep 34.05 (docs/design.md).
 """
 
-import argparse
 import json
 import math
 import os
@@ -106,12 +105,7 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir_root", default="/tmp/table5_backward")
-  parser.add_argument("--out", default="experiments/paper/results/"
-                      "table5_backward")
+  parser = common.argument_parser(__doc__, "table5_backward")
   parser.add_argument("--from_json", default=None,
                       help="rewrite the table from a previous OUT.json")
   args = parser.parse_args(argv)
