@@ -74,6 +74,7 @@ def fake_runs(shifts: dict, seeds=((0, 70.0), (1, 90.0), (2, 80.0))):
            "loss": 0.0, "tokens": 1000, "iterations": 4.0 + shift,
            "converged_fraction": 1.0 - shift / 100,
            "last_word_accuracy": 0.2 - shift / 100 + seed / 1000,
+           "last_word_perplexity": 1000.0 * (1 + shift) + 100 * seed,
            "last_word_words": 900, "tokens_per_s": 1000.0, "wall_s": 1.0}
           for name, shift in shifts.items() for seed, base in seeds]
 
@@ -93,8 +94,9 @@ def test_ablation_table_pairs_perplexity_and_last_words_by_seed():
   lines = common.ablation_table(
       list(rows.values()), "additive",
       {"additive": 1000, "concat": 1500, "init_only": 1000})
-  assert ("| init_only | 90.00 ± 10.00 | 5.77 | +10.00 ± 0.00 | 10.1% | 1k "
-          "| 14.0 | 90.0% |") in lines
+  assert rows["concat"]["last_word_ppl_diff"] == pytest.approx(2000.0)
+  assert ("| init_only | 90.00 ± 10.00 | 5.77 | +10.00 ± 0.00 | 11.1k ± 0.1k "
+          "| 10.1% | 1k | 14.0 | 90.0% |") in lines
   # A model without solver statistics shows dashes, not NaN.
   gpt = dict(rows["additive"], iterations=float("nan"),
              converged_fraction=float("nan"))

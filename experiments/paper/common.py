@@ -84,6 +84,7 @@ def train(name: str, overrides: dict, seed: int, steps: int,
           "iterations": val.get("iterations", math.nan),
           "converged_fraction": val.get("converged_fraction", math.nan),
           "last_word_accuracy": words.get("accuracy", math.nan),
+          "last_word_perplexity": words.get("perplexity", math.nan),
           "last_word_words": words.get("words", 0),
           "tokens_per_s": statistics.median(rates) if rates else math.nan,
           "wall_s": wall, "workdir": workdir}
@@ -147,6 +148,7 @@ def over_seeds(runs: list[dict], names, baseline: str) -> list[dict]:
   for name in names:
     ppl = paired_stats(runs, name, baseline, "perplexity")
     words = paired_stats(runs, name, baseline, "last_word_accuracy")
+    word_ppl = paired_stats(runs, name, baseline, "last_word_perplexity")
     mine = [r for r in runs if r["mode"] == name]
     mean = lambda key, mine=mine: statistics.mean(r.get(key, math.nan)
                                                   for r in mine)
@@ -156,6 +158,8 @@ def over_seeds(runs: list[dict], names, baseline: str) -> list[dict]:
         "std": ppl["std"], "sem": ppl["sem"], "diff": ppl["diff"],
         "diff_sem": ppl["diff_sem"],
         **{f"last_word_{k}": v for k, v in words.items() if k != "seeds"},
+        **{f"last_word_ppl_{k}": v for k, v in word_ppl.items()
+           if k != "seeds"},
         "iterations": mean("iterations"),
         "converged_fraction": mean("converged_fraction"),
         "tokens_per_s": rate, "step_time_ratio": base_rate / rate})
@@ -167,17 +171,25 @@ def number(value: float, spec: str = ".1f", unit: str = "") -> str:
   return "-" if value != value else format(value, spec) + unit
 
 
+def last_word_ppl(row: dict) -> str:
+  """A row's last-word perplexity, mean ± std over seeds, in thousands."""
+  return (f"{row['last_word_ppl_mean'] / 1e3:.1f}k ± "
+          f"{row['last_word_ppl_std'] / 1e3:.1f}k")
+
+
 def ablation_table(rows: list[dict], baseline: str,
                    params: dict[str, int]) -> list[str]:
   """Markdown lines: perplexity, paired difference to `baseline`, last-word
-  accuracy, parameters, solver iterations and converged fraction."""
+  perplexity and accuracy, parameters, solver iterations and converged
+  fraction."""
   lines = [f"| variant | perplexity | sem | vs {baseline} (paired) | "
-           "last-word acc. | parameters | iterations | converged |",
-           "|---|---|---|---|---|---|---|---|"]
+           "last-word ppl | last-word acc. | parameters | iterations | "
+           "converged |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
         f"| {r['mode']} | {r['perplexity']:.2f} ± {r['std']:.2f} | "
         f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
+        f"{last_word_ppl(r)} | "
         f"{100 * r['last_word_mean']:.1f}% | {params[r['mode']] / 1e3:.0f}k | "
         f"{number(r['iterations'])} | "
         f"{number(100 * r['converged_fraction'], '.1f', '%')} |")
@@ -186,13 +198,15 @@ def ablation_table(rows: list[dict], baseline: str,
 
 def runs_table(runs: list[dict]) -> list[str]:
   """Markdown lines listing every run."""
-  lines = ["| variant | seed | perplexity | last-word acc. | tokens/s | "
-           "wall s |", "|---|---|---|---|---|---|"]
+  lines = ["| variant | seed | perplexity | last-word ppl | last-word acc. | "
+           "tokens/s | wall s |", "|---|---|---|---|---|---|---|"]
   for r in runs:
     accuracy = number(100 * r.get("last_word_accuracy", math.nan), ".1f",
                       "%")
+    word_ppl = number(r.get("last_word_perplexity", math.nan) / 1e3, ".1f",
+                      "k")
     lines.append(f"| {r['mode']} | {r['seed']} | {r['perplexity']:.2f} | "
-                 f"{accuracy} | {r['tokens_per_s']:.0f} | "
+                 f"{word_ppl} | {accuracy} | {r['tokens_per_s']:.0f} | "
                  f"{r['wall_s']:.0f} |")
   return lines
 
@@ -225,9 +239,10 @@ def setup_line(runs: list[dict], args, baseline: str) -> str:
           f"validation split (about {runs[0]['tokens']} tokens): mean ± std "
           f"over seeds, the standard error of the mean (sem), and the paired "
           f"difference to {baseline} (same seed: same split, batches and "
-          f"data order) with its sem. Last-word accuracy: LAMBADA-style, the "
-          f"last word of each held-out paragraph (about {words:.0f} words "
-          "per seed, attractor_jax/training/last_word.py).")
+          f"data order) with its sem. Last words: LAMBADA-style, the last "
+          f"word of each held-out paragraph (about {words:.0f} words per "
+          "seed, attractor_jax/training/last_word.py): perplexity of the "
+          "word (all its tokens) and top-1 accuracy.")
 
 
 def run_ablation(title: str, variants: dict, baseline: str,

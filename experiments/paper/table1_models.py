@@ -4,7 +4,8 @@ Trains the tiny presets (gpt-tiny 164k, looped-tiny 165k, attractor-tiny 165k
 parameters) on the built-in corpus with the embedded default's recipe, the
 same batches and steps, over seeds; writes a Markdown table, JSON and a PNG:
 validation perplexity over the whole validation split (mean ± std, sem, the
-paired difference to GPT), held-out last-word accuracy (LAMBADA-style),
+paired difference to GPT), held-out last-word perplexity and accuracy
+(LAMBADA-style),
 training FLOPs per token (every solver iteration and loop step counted,
 `attractor_jax/models/flops.py`) and step time.
 
@@ -50,16 +51,18 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
       "# Table 1 in miniature: GPT, looped, Attractor",
       "", common.setup_line(runs, args, "gpt") + " Training FLOPs per token "
       "count every solver iteration and loop step.", "",
-      "| model | perplexity | sem | vs GPT (paired) | last-word acc. | "
-      "vs GPT (paired) | solver iterations | train MFLOP / token | step time |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      "| model | perplexity | sem | vs GPT (paired) | last-word ppl | "
+      "vs GPT (paired) | last-word acc. | solver iterations | "
+      "train MFLOP / token | step time |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
         f"| {r['mode']} | {r['perplexity']:.2f} ± {r['std']:.2f} | "
         f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
-        f"{100 * r['last_word_mean']:.1f} ± {100 * r['last_word_std']:.1f}% | "
-        f"{100 * r['last_word_diff']:+.1f} ± "
-        f"{100 * r['last_word_diff_sem']:.1f} | "
+        f"{common.last_word_ppl(r)} | "
+        f"{r['last_word_ppl_diff'] / 1e3:+.1f}k ± "
+        f"{r['last_word_ppl_diff_sem'] / 1e3:.1f}k | "
+        f"{100 * r['last_word_mean']:.1f}% | "
         f"{common.number(r['iterations'])} | "
         f"{r['train_flops_per_token'] / 1e6:.1f} | "
         f"{r['step_time_ratio']:.2f}x |")
