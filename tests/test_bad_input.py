@@ -9,9 +9,6 @@ in a subprocess. docs/bad_inputs.md lists every case; the last test checks
 that the table and the cases agree.
 """
 
-import contextlib
-import importlib
-import json
 import os
 import pathlib
 import re
@@ -19,7 +16,6 @@ import shutil
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 from safetensors import numpy as safetensors_np
@@ -29,6 +25,7 @@ from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax.configs import lm
 from attractor_jax.training import experiment
+import command_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LM = str(ROOT / "attractor_jax" / "configs" / "lm.py")
@@ -40,35 +37,9 @@ RUN_VOCAB = 400       # the fake run's tokenizer
 # --------------------------------------------------------------- fixtures
 
 
-@contextlib.contextmanager
-def command(name: str):
-  """Imports attractor_jax.<name>; afterwards drops the flags it defined.
-
-  train, evaluate and generate each define --workdir, so only one of them
-  may be imported at a time. A module another test file already imported
-  (convert) is kept, and its flags only reset.
-  """
-  module_name = f"attractor_jax.{name}"
-  fresh = module_name not in sys.modules
-  module = importlib.import_module(module_name)
-  try:
-    yield module
-  finally:
-    flags.FLAGS.unparse_flags()
-    drop = [n for n in flags.FLAGS if n.startswith("config.")]
-    if fresh:
-      drop += [f.name for f in
-               flags.FLAGS.flags_by_module_dict().get(module_name, [])]
-      drop += ["config"] if name == "train" else []
-      del sys.modules[module_name]
-    for flag_name in set(drop):
-      if flag_name in flags.FLAGS:
-        delattr(flags.FLAGS, flag_name)
-
-
 def run_command(name: str, argv, capsys):
   """(exit status, stderr lines) of `python -m attractor_jax.<name> argv`."""
-  with command(name) as module:
+  with command_modules.imported(name) as module:
     # ml_collections loads a config file as module "config_config" and
     # reuses a loaded one: a file without get_config() would find the last
     # one's (here, the default file's, loaded when train was imported).

@@ -17,12 +17,11 @@ in the current directory, and evaluate and generate read the run back.
 """
 
 import contextlib
-import importlib
 import json
 import os
+import pathlib
 import sys
 
-from absl import flags
 from etils import epath
 from etils.epath import testing as epath_testing
 from orbax.checkpoint._src.path import gcs_utils
@@ -37,6 +36,9 @@ from attractor_jax.training import metrics
 from attractor_jax.training import trainer
 
 from test_trainer import tiny_config
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import command_modules  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 WORKDIR = "gs://bucket/run"
 
@@ -128,28 +130,8 @@ def bucket(tmp_path, monkeypatch):
   assert os.listdir(tmp_path / "cwd") == []
 
 
-@contextlib.contextmanager
-def command(name: str):
-  """attractor_jax.<name>, imported for the test; afterwards its flags are
-  dropped (train, evaluate and generate each define --workdir), as
-  tests/test_bad_input.py does."""
-  module_name = f"attractor_jax.{name}"
-  fresh = module_name not in sys.modules
-  module = importlib.import_module(module_name)
-  try:
-    yield module
-  finally:
-    flags.FLAGS.unparse_flags()
-    if fresh:
-      for flag_name in [f.name for f in flags.FLAGS.flags_by_module_dict()
-                        .get(module_name, [])]:
-        if flag_name in flags.FLAGS:
-          delattr(flags.FLAGS, flag_name)
-      del sys.modules[module_name]
-
-
 def run_command(name: str, *argv) -> None:
-  with command(name) as module:
+  with command_modules.imported(name) as module:
     with pytest.raises(SystemExit) as exit_info:
       commands.run(module.main, argv=[f"attractor_jax.{name}", *argv])
   assert exit_info.value.code in (None, 0)
