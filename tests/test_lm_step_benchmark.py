@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from test_benchmark_smoke import load_benchmark
 
 from attractor_jax.models import flops
@@ -10,9 +12,12 @@ from attractor_jax.models import flops
 def test_quick_step_benchmark_forces_iterations_and_counts_flops(capsys):
   benchmark = load_benchmark("lm_step_benchmark")
   result = benchmark.main(["--quick", "--model=attractor-tiny",
-                           "--forced_iters=3", "--memory_depths=2,6"])
+                           "--forced_iters=3", "--memory_depths=2,6",
+                           "--reference_ms=1000"])
   printed = capsys.readouterr().out
   assert "tokens/s" in printed and "MFU" in printed
+  assert result["reference_ratio"] == pytest.approx(result["seconds"])
+  assert f"{result['reference_ratio']:.2f}x" in printed
   assert result["iterations"] == 3.0
   assert result["seconds"] > 0 and math.isfinite(result["loss"])
   assert result["tokens_per_s"] > 0

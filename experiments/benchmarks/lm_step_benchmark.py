@@ -10,6 +10,8 @@
 heads, MLP 1024 (ReLU^2), 4 backbone blocks and 1 head block, vocabulary
 2048, batch 8 x 256, Anderson max_iter 12 / min_iter 4 / tol 1e-3, onestep
 backward, float32, AdamW (4.46M parameters). Any preset name works too.
+`--reference_ms` takes the other implementation's median step time, timed
+beside this run on the same machine, and prints the ratio.
 
 The step is the trainer's own `train_step` (forward, backward, optimizer,
 health checks, metrics): 3 warm-up steps, then the median of 10 timed ones.
@@ -158,6 +160,9 @@ def parse_args(argv):
   parser.add_argument("--peak_tflops", type=float, default=None)
   parser.add_argument("--memory_depths", default="",
                       help="comma-separated solver depths, e.g. 4,8,16")
+  parser.add_argument("--reference_ms", type=float, default=None,
+                      help="another implementation's median step time, "
+                      "measured beside this run: prints ours / theirs")
   parser.add_argument("--quick", action="store_true", help="smoke test")
   args = parser.parse_args(argv)
   if args.quick:
@@ -193,6 +198,10 @@ def main(argv=None) -> dict:
   print(f"{result['tokens_per_s']:.0f} tokens/s, "
         f"{flops / 1e9:.2f} GFLOP per step, "
         f"{result['achieved_tflops']:.3f} TFLOP/s, MFU {mfu}")
+  if args.reference_ms:
+    result["reference_ratio"] = 1e3 * result["seconds"] / args.reference_ms
+    print(f"step time / reference ({args.reference_ms:.1f} ms): "
+          f"{result['reference_ratio']:.2f}x")
   if args.memory_depths:
     rows = memory_table(config, args)
     print("compiled temporary memory (MiB) vs solver depth")
