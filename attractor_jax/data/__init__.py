@@ -18,6 +18,7 @@ from attractor_jax.data.array_record import write_array_record
 from attractor_jax.data.corpus import builtin_corpus
 from attractor_jax.data.corpus import split_documents
 from attractor_jax.data.corpus import text_file_documents
+from attractor_jax.data.corpus import text_files
 from attractor_jax.data.corpus import tfds_documents
 from attractor_jax.data.packing import IGNORE_INDEX
 from attractor_jax.data.packing import pack_documents

@@ -15,14 +15,17 @@ Large corpora that do not fit in memory go through `array_record.py` instead.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import importlib.util
+import os
 import pathlib
 import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from attractor_jax import errors
 
@@ -161,6 +164,30 @@ def split_documents(documents: Sequence[Any], validation_fraction: float,
   return train, validation
 
 
+def text_files(path: str | os.PathLike, pattern: str = "*.txt"
+               ) -> list[epath.Path]:
+  """The file `path`, or the files matching `pattern` below the folder `path`
+  (recursively, in sorted relative-path order); local or `gs://...`.
+
+  Raises:
+    errors.MissingPathError: `path` does not exist.
+    errors.DataError: a folder without matching files.
+  """
+  path = epath.Path(path).expanduser()
+  if not path.exists():
+    raise errors.MissingPathError(f"Corpus path does not exist: '{path}'")
+  if not path.is_dir():
+    return [path]
+  # walk, not rglob: object stores (epath's gs://) refuse "**" patterns.
+  files = sorted((directory / name for directory, _, names in path.walk()
+                  for name in names if fnmatch.fnmatch(name, pattern)),
+                 key=lambda f: f.relative_to(path).as_posix())
+  if not files:
+    raise errors.DataError(
+        f"Corpus folder '{path}' holds no files matching '{pattern}'")
+  return files
+
+
 def text_file_documents(path: str | pathlib.Path, *, pattern: str = "*.txt",
                         min_blank_lines: int | None = 2) -> list[str]:
   """Reads documents from a UTF-8 text file or a folder of text files.
@@ -173,7 +200,8 @@ def text_file_documents(path: str | pathlib.Path, *, pattern: str = "*.txt",
   dropped.
 
   Args:
-    path: a text file or a folder.
+    path: a text file or a folder, local or remote (`gs://...`, through
+      etils.epath).
     pattern: glob for the files of a folder.
     min_blank_lines: blank lines that separate two documents, or None.
 
@@ -185,17 +213,7 @@ def text_file_documents(path: str | pathlib.Path, *, pattern: str = "*.txt",
     errors.DataError (a ValueError): no matching files, binary or undecodable
       text, or no text at all.
   """
-  path = pathlib.Path(path).expanduser()
-  if not path.exists():
-    raise errors.MissingPathError(f"Corpus path does not exist: '{path}'")
-  if path.is_dir():
-    files = sorted((f for f in path.rglob(pattern) if f.is_file()),
-                   key=lambda f: f.relative_to(path).as_posix())
-    if not files:
-      raise errors.DataError(
-          f"Corpus folder '{path}' holds no files matching '{pattern}'")
-  else:
-    files = [path]
+  files = text_files(path, pattern)
   if min_blank_lines is not None and min_blank_lines < 1:
     raise ValueError(f"min_blank_lines must be >= 1 or None, got "
                      f"{min_blank_lines}")

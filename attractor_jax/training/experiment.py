@@ -539,7 +539,7 @@ def _check_data_path(data_config) -> None:
         "--config.data.path=" + ("a text file or a folder of .txt files."
                                  if data_config.source == "text" else
                                  "ArrayRecord file(s) or their folder."))
-  if not os.path.exists(os.path.expanduser(data_config.path)):
+  if not epath.Path(data_config.path).expanduser().exists():
     raise errors.MissingPathError(
         f"config.data.path {data_config.path!r} does not exist.\nPass "
         "--config.data.path= an existing file or folder.")
@@ -588,19 +588,12 @@ def _is_file_not_folder(path: epath.Path) -> bool:
   return path.exists() and not path.is_dir()
 
 
-def _text_files(path: str) -> list[pathlib.Path]:
-  path = pathlib.Path(path).expanduser()
-  if path.is_dir():
-    return sorted(f for f in path.rglob("*.txt") if f.is_file())
-  return [path]
-
-
 def _text_bytes(path: str) -> int:
   """Total size of a text corpus; sniffs each file's head for binary data."""
   total = 0
-  for file in _text_files(path):
-    total += file.stat().st_size
-    with open(file, "rb") as f:
+  for file in data_lib.text_files(path):
+    total += file.stat().length
+    with file.open("rb") as f:
       head = f.read(_SNIFF_BYTES)
     if b"\x00" in head:
       raise errors.DataError(

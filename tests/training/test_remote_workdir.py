@@ -238,3 +238,23 @@ def test_a_tokenizer_reads_from_gcs_as_from_a_file(bucket, tmp_path):
   copied = data_lib.get_or_train_tokenizer(
       "gs://bucket/copy", None, 400, model_file=local.path)
   assert copied.encode(text) == local.encode(text)
+
+
+def test_text_data_reads_from_gcs_as_from_a_folder(bucket, tmp_path):
+  documents = data_lib.builtin_corpus()[:40]
+  local = tmp_path / "corpus"
+  for i, document in enumerate(documents):
+    for root in (local, epath.Path("gs://bucket/corpus")):
+      (root / f"part{i // 10}" / f"{i:02d}.txt").parent.mkdir(
+          parents=True, exist_ok=True)
+      (root / f"part{i // 10}" / f"{i:02d}.txt").write_text(document)
+  remote = data_lib.text_file_documents("gs://bucket/corpus")
+  assert remote == data_lib.text_file_documents(local)
+  assert len(remote) >= len(documents)
+  config = tiny_config()
+  config.data.source, config.data.path = "text", "gs://bucket/corpus"
+  experiment.validate_data(config)                  # the path exists
+  assert experiment.load_documents(config.data) == remote
+  config.data.path = "gs://bucket/none"
+  with pytest.raises(errors.MissingPathError, match="gs://bucket/none"):
+    experiment.validate_data(config)
