@@ -101,8 +101,8 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   config.checkpoint_every = 100 if tiny else 1000
   config.keep_checkpoints = 2 if tiny else 3
   config.depth_sweep = True
-  # After training: held-out last-word accuracy (LAMBADA-style, see
-  # training/last_word.py) over at most this many words; 0 skips it.
+  # After training: held-out last-word accuracy and perplexity (LAMBADA-
+  # style, training/last_word.py) over at most this many words; 0: none.
   config.last_word_examples = 2000
   # A bad step (NaN loss or gradients, a failed forward solve, a loss past
   # max_loss_factor * ln(vocab_size)) is skipped; this many in a row stop
