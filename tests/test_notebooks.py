@@ -5,7 +5,6 @@ ATTRACTOR_NOTEBOOK_SIZE=small and a temporary working directory, and the
 outputs that carry its point are checked.
 """
 
-import os
 import pathlib
 import shutil
 
