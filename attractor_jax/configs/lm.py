@@ -29,6 +29,9 @@ from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 
 TINY = "tiny"
+# Held-out last words scored after training (also for a saved config from
+# before the field existed, which `evaluate` reads).
+LAST_WORD_EXAMPLES = 2000
 
 
 def placeholders(cls, skip=()) -> ml_collections.ConfigDict:
@@ -103,7 +106,7 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   config.depth_sweep = True
   # After training: held-out last-word accuracy and perplexity (LAMBADA-
   # style, training/last_word.py) over at most this many words; 0: none.
-  config.last_word_examples = 2000
+  config.last_word_examples = LAST_WORD_EXAMPLES
   # A bad step (NaN loss or gradients, a failed forward solve, a loss past
   # max_loss_factor * ln(vocab_size)) is skipped; this many in a row stop
   # the run (0: never stop).

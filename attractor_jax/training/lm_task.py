@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from etils import epath
 
 from attractor_jax import data as data_lib
+from attractor_jax.configs import lm as lm_config
 from attractor_jax.models import registry
 from attractor_jax.parallel import distributed
 from attractor_jax.training import evaluation
@@ -124,8 +125,9 @@ class LMTask(tasks.Task):
 def last_word_results(config, workdir: str, model, tokenizer) -> dict:
   """{"last_word": ...} of `last_word.evaluate` on the validation split,
   printed and written to workdir/eval/last_word.json by process 0 (empty
-  with config.last_word_examples = 0)."""
-  limit = config.get("last_word_examples", 0)
+  with config.last_word_examples = 0; a saved config without the field
+  gets the default)."""
+  limit = config.get("last_word_examples", lm_config.LAST_WORD_EXAMPLES)
   if not limit:
     return {}
   result = last_word.evaluate(

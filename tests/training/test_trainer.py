@@ -1,6 +1,8 @@
 """The training loop: bitwise resume, and clear errors for bad configs."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,6 +101,21 @@ def test_evaluate_and_generate_commands_read_the_workdir(straight_run):
   out = run("attractor_jax.generate", "--prompt=ROMEO:", "--num_tokens=8",
             "--temperature=0")
   assert out.startswith("ROMEO:") and len(out.strip()) > len("ROMEO:")
+
+
+def test_evaluate_scores_last_words_for_a_config_saved_before_them(
+    straight_run, tmp_path):
+  workdir = tmp_path / "old"
+  shutil.copytree(straight_run[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["last_word_examples"]          # the field is newer than the run
+  (workdir / "config.json").write_text(json.dumps(saved))
+  out = subprocess.run(
+      [sys.executable, "-m", "attractor_jax.evaluate", f"--workdir={workdir}"],
+      capture_output=True, text=True, timeout=600, check=True).stdout
+  assert "Held-out last words" in out
+  scored = json.loads((workdir / "eval" / "last_word.json").read_text())
+  assert scored["words"] > 0
 
 
 def test_bad_configs_give_clear_errors(tmp_path):
