@@ -6,6 +6,7 @@ import pytest
 
 from test_benchmark_smoke import load_benchmark
 
+from attractor_jax import models
 from attractor_jax.models import flops
 
 
@@ -37,4 +38,4 @@ def test_public_cpu_model_has_the_public_shapes():
   config = benchmark.public_cpu_config()
   assert (config.dim, config.num_heads, config.mlp_dim, config.num_layers,
           config.head_layers, config.vocab_size) == (256, 4, 1024, 4, 1, 2048)
-  assert round(benchmark.count_params(config) / 1e6, 2) == 4.46
+  assert round(models.parameter_count(config) / 1e6, 2) == 4.46

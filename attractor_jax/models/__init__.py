@@ -3,11 +3,13 @@
 Every kind is an entry of `attractor_jax.models.registry`, which says what it
 supports and names its config class (`AttractorLMConfig`, `GPTConfig`,
 `LoopedConfig`, `DEQConfig`, subclasses of `ModelConfig`);
-`build_model(config)` builds `config.kind`.
+`build_model(config)` builds `config.kind`; `parameter_count(config)` counts
+its parameters from shapes alone.
 """
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from attractor_jax.models import registry
@@ -53,3 +55,11 @@ def model_class(kind: str) -> type:
 def build_model(config, *, rngs: nnx.Rngs) -> nnx.Module:
   """Instantiates the model that `config.kind` names."""
   return model_class(config.kind)(config, rngs=rngs)
+
+
+def parameter_count(config) -> int:
+  """Parameters of the model `config` describes, from shapes only (nothing is
+  allocated or initialised)."""
+  model = nnx.eval_shape(lambda: build_model(config, rngs=nnx.Rngs(0)))
+  return sum(leaf.size for leaf in
+             jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -71,13 +71,6 @@ def model_config(args):
   return config.replace(**changes) if changes else config
 
 
-def count_params(config) -> int:
-  model = nnx.eval_shape(
-      lambda: models.build_model(config, rngs=nnx.Rngs(0)))
-  return sum(int(np.prod(x.shape))
-             for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
 def make_batch(config, batch: int, seq_len: int, seed: int = 0) -> dict:
   tokens = np.random.default_rng(seed).integers(
       0, config.vocab_size, (batch, seq_len + 1)).astype(np.int32)
@@ -184,7 +177,7 @@ def main(argv=None) -> dict:
                 flops_per_step=flops,
                 achieved_tflops=flops / result["seconds"] / 1e12,
                 mfu=None if peak is None else flops / result["seconds"] / peak,
-                params=count_params(config))
+                params=models.parameter_count(config))
   device = jax.devices()[0]
   print(f"{args.model} ({result['params'] / 1e6:.2f}M parameters, "
         f"{config.dtype}) on {device.platform}:{device.device_kind}, batch "

@@ -17,9 +17,6 @@ import shutil
 import statistics
 import time
 
-import jax
-from flax import nnx
-
 from attractor_jax import models
 from attractor_jax.configs import lm
 from attractor_jax.training import experiment
@@ -61,10 +58,8 @@ def config_with(overrides: dict, seed: int, steps: int):
 def parameter_count(overrides: dict) -> int:
   """Parameters of the model that `overrides` give the embedded default."""
   config = config_with(overrides, seed=0, steps=1)
-  model_config = experiment.model_config_from(config, config.data.vocab_size)
-  model = nnx.eval_shape(lambda: models.build_model(model_config,
-                                                    rngs=nnx.Rngs(0)))
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  return models.parameter_count(
+      experiment.model_config_from(config, config.data.vocab_size))
 
 
 def train(name: str, overrides: dict, seed: int, steps: int,
@@ -138,10 +133,10 @@ def paired_stats(runs: list[dict], name: str, baseline: str,
 
 
 def over_seeds(runs: list[dict], names, baseline: str) -> list[dict]:
-  """Per variant: perplexity and last-word accuracy (mean, std and sem over
-  seeds, the paired difference to `baseline` with its sem), mean solver
-  iterations and converged fraction, and the step time relative to the
-  baseline's."""
+  """Per variant: perplexity, last-word accuracy and last-word perplexity
+  (mean, std and sem over seeds, the paired difference to `baseline` with its
+  sem), mean solver iterations and converged fraction, and the step time
+  relative to the baseline's."""
   base_rate = statistics.mean(r["tokens_per_s"] for r in runs
                               if r["mode"] == baseline)
   rows = []
@@ -171,6 +166,13 @@ def number(value: float, spec: str = ".1f", unit: str = "") -> str:
   return "-" if value != value else format(value, spec) + unit
 
 
+def perplexity_cells(row: dict) -> str:
+  """A table row's first cells: variant, perplexity ± std, sem, and the
+  paired difference ± its sem (up to the next cell's opening)."""
+  return (f"| {row['mode']} | {row['perplexity']:.2f} ± {row['std']:.2f} | "
+          f"{row['sem']:.2f} | {row['diff']:+.2f} ± {row['diff_sem']:.2f} | ")
+
+
 def last_word_ppl(row: dict) -> str:
   """A row's last-word perplexity, mean ± std over seeds, in thousands."""
   return (f"{row['last_word_ppl_mean'] / 1e3:.1f}k ± "
@@ -187,8 +189,7 @@ def ablation_table(rows: list[dict], baseline: str,
            "converged |", "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
-        f"| {r['mode']} | {r['perplexity']:.2f} ± {r['std']:.2f} | "
-        f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
+        perplexity_cells(r) +
         f"{last_word_ppl(r)} | "
         f"{100 * r['last_word_mean']:.1f}% | {params[r['mode']] / 1e3:.0f}k | "
         f"{number(r['iterations'])} | "

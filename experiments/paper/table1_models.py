@@ -57,8 +57,7 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
       "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
-        f"| {r['mode']} | {r['perplexity']:.2f} ± {r['std']:.2f} | "
-        f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
+        common.perplexity_cells(r) +
         f"{common.last_word_ppl(r)} | "
         f"{r['last_word_ppl_diff'] / 1e3:+.1f}k ± "
         f"{r['last_word_ppl_diff_sem'] / 1e3:.1f}k | "

@@ -79,8 +79,7 @@ def markdown(rows: list[dict], runs: list[dict], args) -> str:
       "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(
-        f"| {r['mode']} | {r['perplexity']:.2f} ± {r['std']:.2f} | "
-        f"{r['sem']:.2f} | {r['diff']:+.2f} ± {r['diff_sem']:.2f} | "
+        common.perplexity_cells(r) +
         f"{r['iterations']:.1f} | {r['step_time_ratio']:.2f}x | "
         f"{r['memory_ratio']:.2f}x | {r['paper']:.2f} |")
   lines += ["", "Runs:", ""] + common.runs_table(runs)

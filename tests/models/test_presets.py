@@ -4,7 +4,6 @@ import dataclasses
 import functools
 import math
 
-import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
@@ -17,11 +16,7 @@ from attractor_jax.models import torch_import
 @functools.cache
 def count_params(name: str) -> int:
   """Parameters of a preset's model, from shapes only (nothing allocated)."""
-  config = presets.get_preset(name)
-  model = nnx.eval_shape(
-      lambda: models.build_model(config, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  return sum(leaf.size for leaf in jax.tree.leaves(params))
+  return models.parameter_count(presets.get_preset(name))
 
 
 def formula(config) -> int:
