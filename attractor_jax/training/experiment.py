@@ -127,11 +127,13 @@ def load_documents(data_config: ml_collections.ConfigDict) -> list[str]:
 
 @dataclasses.dataclass
 class LMData:
-  """Tokenizer, training dataset and fixed validation batches."""
+  """Tokenizer, training dataset, fixed validation batches, and the held-out
+  documents they were cut from."""
 
   tokenizer: Any
   train: Any                 # grain.IterDataset, repeating forever
   validation: list[dict]     # a fixed list of batches
+  validation_documents: list[str]
 
 
 def _split(config, *, need_train: bool = True) -> tuple[list, list]:
@@ -179,7 +181,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> LMData:
     validation = _validation_batches(config, val_docs, tokenizer)
     if staged:
       tokenizer = _install_tokenizer(tokenizer.path, target)
-  return LMData(tokenizer, train, validation)
+  return LMData(tokenizer, train, validation, val_docs)
 
 
 def _install_tokenizer(staged: os.PathLike, target: epath.Path):
@@ -201,15 +203,18 @@ def validation_documents(config: ml_collections.ConfigDict) -> list:
 
 
 def prepare_validation(config: ml_collections.ConfigDict, workdir: str,
-                       tokenizer=None) -> list[dict]:
+                       tokenizer=None, val_docs: Optional[list] = None
+                       ) -> list[dict]:
   """Only the validation batches (no training pipeline is built).
 
   Args:
     config: the run's config.
     workdir: a training workdir; its tokenizer is used unless given.
     tokenizer: the run's tokenizer, if already loaded.
+    val_docs: `validation_documents(config)`, if already read.
   """
-  _, val_docs = _split(config, need_train=False)
+  if val_docs is None:
+    val_docs = validation_documents(config)
   if tokenizer is None:
     tokenizer = data_lib.load_tokenizer(
         epath.Path(workdir) / tokenizer_lib.TOKENIZER_FILENAME)
@@ -375,8 +380,7 @@ def validate_lm_config(config: ml_collections.ConfigDict,
     check_integer(config, name, 1)
   check_integer(config, "seed", -2**63)
   check_integer(config, "eval_batches", 0)
-  if "last_word_examples" in config:
-    check_integer(config, "last_word_examples", 0)
+  check_integer(config, "last_word_examples", 0)
   check_integer(config, "data.seq_len", 1)
   check_integer(config, "data.vocab_size", 1)
   check_integer(config, "divergence.max_consecutive_bad_steps", 0)

@@ -81,7 +81,8 @@ class LMTask(tasks.Task):
   def finish(self, config, workdir, model, data) -> dict[str, Any]:
     """Last-word accuracy, the depth sweep (kinds that have a depth) and a
     sample (kinds with cached decoding)."""
-    results = last_word_results(config, workdir, model, data.tokenizer)
+    results = last_word_results(config, workdir, model, data.tokenizer,
+                                data.validation_documents)
     kind = model.config.kind
     if config.depth_sweep and registry.supports(kind, registry.DEPTH_SWEEP):
       results.update(depth_sweeps(model, data.validation, workdir))
@@ -109,21 +110,24 @@ class LMTask(tasks.Task):
     experiment.validate_data(config, workdir)   # the corpus is still there
     if eval_batches is not None:
       config.eval_batches = eval_batches
-    batches = experiment.prepare_validation(config, workdir, assets)
+    documents = experiment.validation_documents(config)   # read once
+    batches = experiment.prepare_validation(config, workdir, assets,
+                                            documents)
     result = evaluation.evaluate(trained.model, batches)
     print(f"step {trained.step}: validation loss {result['loss']:.4f}, "
           f"perplexity {result['perplexity']:.2f} over {result['tokens']} "
           "tokens")
     results = {"validation": result}
     results.update(last_word_results(config, workdir, trained.model,
-                                     assets))
+                                     assets, documents))
     if registry.supports(trained.model.config.kind, registry.DEPTH_SWEEP):
       results.update(depth_sweeps(trained.model, batches, workdir))
     return results
 
 
-def last_word_results(config, workdir: str, model, tokenizer) -> dict:
-  """{"last_word": ...} of `last_word.evaluate` on the validation split,
+def last_word_results(config, workdir: str, model, tokenizer,
+                      documents: list[str]) -> dict:
+  """{"last_word": ...} of `last_word.evaluate` on the held-out `documents`,
   printed and written to workdir/eval/last_word.json by process 0 (empty
   with config.last_word_examples = 0; a saved config without the field
   gets the default)."""
@@ -131,7 +135,7 @@ def last_word_results(config, workdir: str, model, tokenizer) -> dict:
   if not limit:
     return {}
   result = last_word.evaluate(
-      model, experiment.validation_documents(config), tokenizer,
+      model, documents, tokenizer,
       seq_len=config.data.seq_len, batch_size=config.batch_size,
       max_examples=limit)
   print(f"Held-out last words: accuracy {result['accuracy']:.3f} "
