@@ -39,3 +39,14 @@ def test_public_cpu_model_has_the_public_shapes():
   assert (config.dim, config.num_heads, config.mlp_dim, config.num_layers,
           config.head_layers, config.vocab_size) == (256, 4, 1024, 4, 1, 2048)
   assert round(models.parameter_count(config) / 1e6, 2) == 4.46
+
+
+def test_forced_evals_counts_the_start_as_the_first_map_evaluation():
+  benchmark = load_benchmark("lm_step_benchmark")
+  by_evals = benchmark.model_config(benchmark.parse_args(["--forced_evals=12"]))
+  by_iters = benchmark.model_config(benchmark.parse_args(["--forced_iters=11"]))
+  assert by_evals.solve == by_iters.solve
+  assert (by_evals.solve.max_iter, by_evals.solve.min_iter) == (11, 4)
+  for argv in (["--forced_evals=3", "--forced_iters=3"], ["--forced_evals=0"]):
+    with pytest.raises(SystemExit):
+      benchmark.parse_args(argv)

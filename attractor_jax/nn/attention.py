@@ -53,9 +53,30 @@ def attention_mask(q_len: int, kv_len: int, *, causal: bool,
 
 
 _MASKED = -1e30    # a logit no softmax weight survives (float32 logits)
-# Causal self-attention over at least this many tokens skips the upper-right
-# quarter of the score matrix (keys after every query of the first half).
-_SPLIT_CAUSAL_MIN_LEN = 64
+# Causal self-attention splits the queries into blocks of at least this many
+# tokens (at most _MAX_QUERY_BLOCKS blocks); each block attends only to the
+# keys up to its own end.
+_MIN_QUERY_BLOCK = 64
+_MAX_QUERY_BLOCKS = 4
+
+
+def _heads_major_attend(q, k, v, mask) -> jax.Array:
+  """Softmax attention on `[b, heads, t, d]` operands, float32 logits.
+
+  Heads-major operands make both products plain batched matmuls: XLA:CPU
+  took about twice as long for the same products with the heads axis
+  between sequence and features.
+  """
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum("bnqh,bnkh->bnqk", q, k,
+                      preferred_element_type=jnp.float32)
+  logits = jnp.where(mask, logits, _MASKED)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bnqk,bnkh->bnqh", weights, v)
+
+
+def _heads_major(*arrays):
+  return tuple(jnp.swapaxes(a, 1, 2) for a in arrays)
 
 
 def attend(q, k, v, mask) -> jax.Array:
@@ -65,38 +86,40 @@ def attend(q, k, v, mask) -> jax.Array:
   out rather than `jax.nn.dot_product_attention`, whose XLA backward took
   26 ms where this one takes 15 (8 x 256 tokens, 4 heads of 64, CPU).
   """
-  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-  logits = jnp.einsum("bqnh,bknh->bnqk", q, k,
-                      preferred_element_type=jnp.float32)
-  logits = jnp.where(mask, logits, _MASKED)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bnqk,bknh->bqnh", weights, v)
+  return jnp.swapaxes(_heads_major_attend(*_heads_major(q, k, v), mask), 1, 2)
+
+
+def _query_blocks(seq: int) -> int:
+  blocks = _MAX_QUERY_BLOCKS
+  while blocks > 1 and (seq % blocks or seq // blocks < _MIN_QUERY_BLOCK):
+    blocks //= 2
+  return blocks
 
 
 def causal_self_attend(q, k, v, segment_ids: Optional[jax.Array] = None
                        ) -> jax.Array:
-  """Causal self-attention computed in two halves of the queries.
+  """Causal self-attention computed in blocks of queries.
 
-  The first half of the queries sees only the first half of the keys, so
-  the quarter of the scores that causality hides is never computed: a
-  quarter fewer attention FLOPs (fwd + bwd 11 ms instead of 15 on the
-  shapes of `attend`). Equal to `attend` with the full causal mask.
+  Block i of the queries sees only the keys up to its own end, so most of
+  the scores that causality hides are never computed: with 4 blocks, 10/16
+  of the score matrix. On the shapes of `attend` the forward and backward
+  take 11 ms, against 14 in two halves and 19 for the whole matrix. Equal
+  to `attend` with the full causal mask.
   """
   seq = q.shape[1]
-  if seq < _SPLIT_CAUSAL_MIN_LEN or seq % 2:
-    mask = attention_mask(seq, seq, causal=True, q_segment_ids=segment_ids,
-                          kv_segment_ids=segment_ids)
-    return attend(q, k, v, mask)
-  half = seq // 2
-  segments = (None, None) if segment_ids is None else (
-      segment_ids[:, :half], segment_ids[:, half:])
-  first = attend(q[:, :half], k[:, :half], v[:, :half], attention_mask(
-      half, half, causal=True, q_segment_ids=segments[0],
-      kv_segment_ids=segments[0]))
-  second = attend(q[:, half:], k, v, attention_mask(
-      half, seq, causal=True, q_segment_ids=segments[1],
-      kv_segment_ids=segment_ids))
-  return jnp.concatenate([first, second], axis=1)
+  blocks = _query_blocks(seq)
+  q, k, v = _heads_major(q, k, v)
+  size = seq // blocks
+  outputs = []
+  for block in range(blocks):
+    start, end = block * size, (block + 1) * size
+    segments = (None, None) if segment_ids is None else (
+        segment_ids[:, start:end], segment_ids[:, :end])
+    mask = attention_mask(size, end, causal=True, q_segment_ids=segments[0],
+                          kv_segment_ids=segments[1])
+    outputs.append(_heads_major_attend(
+        q[:, :, start:end], k[:, :, :end], v[:, :, :end], mask))
+  return jnp.swapaxes(jnp.concatenate(outputs, axis=2), 1, 2)
 
 
 class Attention(nnx.Module):

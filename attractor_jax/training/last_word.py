@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from attractor_jax.data import IGNORE_INDEX
+from attractor_jax.models import lm_common
 from attractor_jax.parallel import mesh as mesh_lib
 from attractor_jax.training import evaluation
 
@@ -120,7 +121,7 @@ def _word_step(model, batch: dict) -> dict:
   kept = targets != IGNORE_INDEX
   safe = jnp.where(kept, targets, 0)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+  picked = lm_common.pick_last_axis(log_probs, safe)
   hit = jnp.argmax(logits, axis=-1) == safe
   real = jnp.any(kept, axis=1)
   return {"correct": jnp.sum(real & jnp.all(hit | ~kept, axis=1)),

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from attractor_jax import errors
+from attractor_jax.models import lm_common
 from attractor_jax.models import reasoning
 from attractor_jax.parallel import distributed
 from attractor_jax.training import experiment
@@ -55,7 +56,7 @@ def stablemax_cross_entropy(logits: jax.Array, labels: jax.Array
   x = logits.astype(jnp.float32)
   s = jnp.where(x >= 0, jnp.maximum(x, 0) + 1, 1 / (1 - jnp.minimum(x, 0)))
   log_p = jnp.log(s) - jnp.log(jnp.sum(s, axis=-1, keepdims=True))
-  return -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+  return -lm_common.pick_last_axis(log_p, labels)
 
 
 class PuzzleStepAux(NamedTuple):

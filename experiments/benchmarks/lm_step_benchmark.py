@@ -3,6 +3,8 @@
     python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu
     python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu \\
         --forced_iters=12                  # exactly 12 solver iterations
+    python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu \
+        --forced_evals=12                  # exactly 12 map evaluations
     python experiments/benchmarks/lm_step_benchmark.py --model=attractor-140m \\
         --batch=16 --seq_len=2048 --dtype=bfloat16 --memory_depths=4,8,16
 
@@ -10,6 +12,10 @@
 heads, MLP 1024 (ReLU^2), 4 backbone blocks and 1 head block, vocabulary
 2048, batch 8 x 256, Anderson max_iter 12 / min_iter 4 / tol 1e-3, onestep
 backward, float32, AdamW (4.46M parameters). Any preset name works too.
+A solve of N iterations evaluates the head's map N + 1 times (the start,
+then once per iteration); the public code's `max_iter` counts evaluations
+(its Anderson evaluates f(z0) and f(f(z0)) as its first two of max_iter), so
+to time both at equal work, run its `max_iter=N` beside `--forced_evals=N`.
 `--reference_ms` takes the other implementation's median step time, timed
 beside this run on the same machine, and prints the ratio.
 
@@ -63,11 +69,13 @@ def model_config(args):
   changes = {}
   if args.dtype:
     changes["dtype"] = args.dtype
-  if args.forced_iters is not None and config.solve is not None:
+  forced = (args.forced_iters if args.forced_evals is None
+            else args.forced_evals - 1)
+  if forced is not None and config.solve is not None:
     # A tolerance no example reaches: exactly N iterations.
     changes["solve"] = dataclasses.replace(
-        config.solve, max_iter=args.forced_iters,
-        min_iter=min(args.forced_iters, config.solve.min_iter), tol=1e-30)
+        config.solve, max_iter=forced,
+        min_iter=min(forced, config.solve.min_iter), tol=1e-30)
   return config.replace(**changes) if changes else config
 
 
@@ -147,7 +155,13 @@ def parse_args(argv):
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=256)
   parser.add_argument("--dtype", default=None, help="float32 / bfloat16")
-  parser.add_argument("--forced_iters", type=int, default=None)
+  forced = parser.add_mutually_exclusive_group()
+  forced.add_argument("--forced_iters", type=int, default=None,
+                      help="exactly N solver iterations (N + 1 map "
+                      "evaluations)")
+  forced.add_argument("--forced_evals", type=int, default=None,
+                      help="exactly N map evaluations per forward solve "
+                      "(N - 1 iterations), the public code's max_iter")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--peak_tflops", type=float, default=None)
@@ -158,6 +172,8 @@ def parse_args(argv):
                       "measured beside this run: prints ours / theirs")
   parser.add_argument("--quick", action="store_true", help="smoke test")
   args = parser.parse_args(argv)
+  if args.forced_evals is not None and args.forced_evals < 1:
+    parser.error(f"--forced_evals must be >= 1; got {args.forced_evals}.")
   if args.quick:
     args.batch, args.seq_len, args.warmup, args.steps = 2, 32, 1, 2
   args.memory_depths = [int(d) for d in args.memory_depths.split(",") if d]
@@ -179,12 +195,14 @@ def main(argv=None) -> dict:
                 mfu=None if peak is None else flops / result["seconds"] / peak,
                 params=models.parameter_count(config))
   device = jax.devices()[0]
+  evaluations = ("" if getattr(config, "solve", None) is None else
+                 f" ({result['iterations'] + 1:.1f} map evaluations)")
   print(f"{args.model} ({result['params'] / 1e6:.2f}M parameters, "
         f"{config.dtype}) on {device.platform}:{device.device_kind}, batch "
         f"{args.batch} x {args.seq_len}")
   print(f"step {1e3 * result['seconds']:.1f} ms median of {args.steps} "
         f"(min {1e3 * result['min']:.1f}) after {args.warmup} warm-up; "
-        f"solver iterations {result['iterations']:.1f}; loss "
+        f"solver iterations {result['iterations']:.1f}{evaluations}; loss "
         f"{result['loss']:.3f}")
   mfu = "n/a (pass --peak_tflops)" if result["mfu"] is None else (
       f"{100 * result['mfu']:.1f}%")

@@ -115,6 +115,35 @@ def test_cross_entropy_ignores_the_ignore_index():
   assert float(all_ignored) == 0.0
 
 
+def test_cross_entropy_and_its_gradient_match_optax():
+  logits = 5.0 * jax.random.normal(jax.random.PRNGKey(1), (2, 6, VOCAB))
+  targets = jax.random.randint(jax.random.PRNGKey(2), (2, 6), 0, VOCAB)
+  targets = targets.at[1, 2].set(-100)
+  keep = targets != -100
+
+  def reference(logits):
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(keep, targets, 0))
+    return jnp.sum(losses * keep) / jnp.sum(keep)
+
+  ours = jax.value_and_grad(
+      lambda x: lm_common.cross_entropy(x, targets, -100))(logits)
+  theirs = jax.value_and_grad(reference)(logits)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_pick_last_axis_is_a_gather_with_its_gradient():
+  values = jax.random.normal(jax.random.PRNGKey(3), (3, 5, 7))
+  index = jax.random.randint(jax.random.PRNGKey(4), (3, 5), 0, 7)
+  np.testing.assert_array_equal(
+      lm_common.pick_last_axis(values, index),
+      jnp.take_along_axis(values, index[..., None], axis=-1)[..., 0])
+  grad = jax.grad(lambda v: jnp.sum(lm_common.pick_last_axis(v, index)))(
+      values)
+  np.testing.assert_array_equal(grad, jax.nn.one_hot(index, 7))
+
+
 def test_logit_softcap_bounds_logits():
   out = build(logit_softcap=2.0, embed_init_std=1.0)(tokens())
   assert float(jnp.max(jnp.abs(out.logits))) <= 2.0

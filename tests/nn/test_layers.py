@@ -323,9 +323,16 @@ def test_dense_rejects_a_kernel_of_other_input_axes():
     dense(random((2, 3, 8)), random((4, 5)))
 
 
-@pytest.mark.parametrize("seq", [8, 64, 65, 128])
+@pytest.mark.parametrize("seq, blocks", [(8, 1), (65, 1), (128, 2),
+                                         (192, 2), (256, 4), (1024, 4)])
+def test_causal_self_attention_splits_queries_into_blocks_of_64_or_more(
+    seq, blocks):
+  assert attention._query_blocks(seq) == blocks
+
+
+@pytest.mark.parametrize("seq", [8, 64, 65, 128, 256])
 @pytest.mark.parametrize("packed", [False, True])
-def test_causal_self_attention_in_halves_equals_the_full_mask(seq, packed):
+def test_causal_self_attention_in_blocks_equals_the_full_mask(seq, packed):
   q, k, v = (random((2, seq, 2, 8), seed) for seed in (1, 2, 3))
   segment_ids = None
   if packed:
