@@ -274,11 +274,15 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   aggregator = metrics_lib.StepAggregator()
   logged_step, logged_time = step, time.perf_counter()
   config_saved = False
+  # Caches the traversal of model and optimizer, which cost about 13 ms of
+  # Python per step whatever the model's size (they share its variables).
+  cached_train_step = nnx.cached_partial(train_step, state.model,
+                                         state.optimizer)
   try:
     while step < last_step:
       batch = parallel.shard_batch(next(train_iterator), mesh)
-      scalars = train_step(state.model, state.optimizer, batch, loss_limit,
-                           state.task_state, task=task)
+      scalars = cached_train_step(batch, loss_limit, state.task_state,
+                                  task=task)
       step += 1
       bad_in_a_row = int(scalars["bad_steps_in_a_row"])
       if not config_saved:

@@ -58,3 +58,21 @@ def test_train_step_reports_the_training_mode_loss():
   scalars = trainer.train_step(state.model, state.optimizer, data,
                                task=LMTask(seed=0))
   np.testing.assert_allclose(scalars["loss"], expected, rtol=1e-6)
+
+
+def test_the_cached_train_step_updates_the_state_it_was_built_from():
+  # The trainer's loop calls nnx.cached_partial(train_step, model, optimizer).
+  states = [trainer.create_train_state(
+      looped_model().config, optimizers.OptimizerConfig(total_steps=10),
+      seed=0) for _ in range(2)]
+  cached = nnx.cached_partial(trainer.train_step, states[1].model,
+                              states[1].optimizer)
+  for seed in range(2):
+    plain = trainer.train_step(states[0].model, states[0].optimizer,
+                               batch(seed), task=LMTask(seed=0))
+    ours = cached(batch(seed), task=LMTask(seed=0))
+    np.testing.assert_array_equal(plain["loss"], ours["loss"])
+  assert states[1].step == states[0].step == 2
+  for a, b in zip(jax.tree.leaves(states[0].pure()),
+                  jax.tree.leaves(states[1].pure())):
+    np.testing.assert_array_equal(a, b)
