@@ -57,3 +57,15 @@ def test_quick_scan_compile_benchmark_covers_every_layout(capsys):
   if temp["scan"] is not None:
     # Remat is wired in: the backward pass keeps fewer activations.
     assert temp["scan+remat=full"] < temp["scan"]
+
+
+def test_cpu_forms_benchmark_times_equal_forms_side_by_side(capsys):
+  # main raises if the two forms of a row compute different values.
+  results = load_benchmark("cpu_forms_benchmark").main(
+      ["--repeats=1", "--batch=1", "--seq_len=256"])
+  printed = capsys.readouterr().out
+  assert results["matmul_gflops"] > 0 and "GFLOP/s" in printed
+  rows = {k: v for k, v in results.items() if k != "matmul_gflops"}
+  assert len(rows) == 6 and "LM loss: take_along_axis vs one-hot pick" in rows
+  for name, (slow, fast) in rows.items():
+    assert slow > 0 and fast > 0 and name in printed

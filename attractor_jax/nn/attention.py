@@ -102,9 +102,12 @@ def causal_self_attend(q, k, v, segment_ids: Optional[jax.Array] = None
 
   Block i of the queries sees only the keys up to its own end, so most of
   the scores that causality hides are never computed: with 4 blocks, 10/16
-  of the score matrix. On the shapes of `attend` the forward and backward
-  take 11 ms, against 14 in two halves and 19 for the whole matrix. Equal
-  to `attend` with the full causal mask.
+  of the score matrix. Forward and backward on 8 x 256 tokens take half the
+  time of the whole matrix (experiments/benchmarks/cpu_forms_benchmark.py);
+  alone, two halves are slightly faster, but in the public-cpu training
+  step (experiments/benchmarks/lm_step_benchmark.py) four blocks were 1-2%
+  faster.
+  Equal to `attend` with the full causal mask.
   """
   seq = q.shape[1]
   blocks = _query_blocks(seq)

@@ -20,7 +20,8 @@ to time both at equal work, run its `max_iter=N` beside `--forced_evals=N`.
 beside this run on the same machine, and prints the ratio.
 
 The step is the trainer's own `train_step` (forward, backward, optimizer,
-health checks, metrics): 3 warm-up steps, then the median of 10 timed ones.
+health checks, metrics), called as the trainer's loop calls it (through
+`nnx.cached_partial`): 3 warm-up steps, then the median of 10 timed ones.
 FLOPs are counted from the model's shapes (matmuls and attention;
 `attractor_jax/models/flops.py`), every solver iteration included, so MFU
 does not depend on what XLA reports for a while loop. `--memory_depths` prints the
@@ -97,11 +98,13 @@ def time_steps(config, args) -> dict:
   task = LMTask()
   batch = {k: jnp.asarray(v) for k, v in
            make_batch(config, args.batch, args.seq_len).items()}
+  # Called as the trainer's loop calls it.
+  cached_train_step = nnx.cached_partial(trainer.train_step, state.model,
+                                         state.optimizer)
   times, iterations = [], []
   for i in range(args.warmup + args.steps):
     start = time.perf_counter()
-    scalars = trainer.train_step(state.model, state.optimizer, batch,
-                                 task=task)
+    scalars = cached_train_step(batch, task=task)
     jax.block_until_ready(scalars["loss"])
     if i >= args.warmup:
       times.append(time.perf_counter() - start)
