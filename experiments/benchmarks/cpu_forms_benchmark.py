@@ -12,8 +12,8 @@ dense layers.
 """
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +22,14 @@ from attractor_jax.models import lm_common
 from attractor_jax.nn import attention
 from attractor_jax.nn.dense import dense
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 DIM, HEADS, MLP, VOCAB = 256, 4, 1024, 2048
 
 
 def median_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  return 1e3 * timing.median_seconds(fn, *args, repeats=repeats)
 
 
 def normal(seed, shape, scale=1.0):

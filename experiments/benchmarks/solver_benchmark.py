@@ -39,6 +39,8 @@ explicit flags override it.
 """
 
 import argparse
+import os
+import sys
 import time
 
 import jax
@@ -47,6 +49,9 @@ import numpy as np
 
 import attractor_jax
 from attractor_jax.solvers import probe as probe_lib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SOLVERS = ("picard", "anderson", "broyden")
 BACKWARDS = ("implicit", "onestep", "unrolled")
@@ -100,13 +105,7 @@ def make_map(heads):
 
 def timed(fn, args, repeats):
   """Median wall seconds of fn(*args) after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return timing.median_seconds(fn, *args, repeats=repeats)
 
 
 def solver_table(f, params, c, args):

@@ -15,9 +15,7 @@ differences between them are what the numbers are for.
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +30,11 @@ from attractor_jax.training.lm_task import LMTask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lm_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def median_ms(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  return 1e3 * timing.median_seconds(fn, *args, repeats=repeats)
 
 
 def breakdown(args) -> dict[str, float]:
