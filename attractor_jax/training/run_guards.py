@@ -4,6 +4,8 @@ divergence.
 - `WorkdirLock`: an exclusive `flock` on `workdir/.lock`, refused with the
   holder's pid and host when another trainer has it. The kernel drops the lock
   when its process dies, however it dies, so a crash never leaves a stale lock.
+  On object storage (`gs://...`) it is a renewed lease instead
+  (`remote_lock.RemoteLease`).
 - `PreemptionWatcher`: SIGTERM (what TPU VM and most schedulers send before
   killing a job) only sets a flag; the loop finishes its step, saves, waits
   until the save is durable and exits with `PREEMPTED_EXIT_CODE`. With more
@@ -20,9 +22,7 @@ import fcntl
 import math
 import os
 import signal
-import socket
 import threading
-import time
 from typing import Any, Optional
 
 import jax
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from attractor_jax import errors
+from attractor_jax.training import remote_lock
 
 # EX_TEMPFAIL of sysexits.h: "try again later", which is what a preempted run
 # asks of its scheduler. Documented in the README.
@@ -50,8 +51,10 @@ class WorkdirLockedError(errors.UserError):
 class WorkdirLock:
   """Holds `workdir/.lock` for the life of a trainer (a context manager).
 
-  Only local paths can be locked; for others (`gs://...`) this does nothing.
-  Several processes: process 0 holds it.
+  A local workdir is locked with `flock`; one on object storage (`gs://...`)
+  with a lease that a thread renews (`remote_lock.RemoteLease`: a trainer
+  restarted after being killed waits at most one lease, 60 s, for the old
+  one to lapse). Several processes: process 0 holds it.
   On release, a workdir that this lock created and that is still empty is
   removed again, so a run refused before writing anything leaves no trace.
   """
@@ -60,12 +63,19 @@ class WorkdirLock:
     self.workdir = os.fspath(workdir)
     self.path = os.path.join(self.workdir, LOCK_NAME)
     self._file = None
+    self._lease = None
     self._created_workdir = False
 
   def acquire(self) -> "WorkdirLock":
     # In a run over several processes the workdir is shared: process 0 holds
     # the lock for all of them.
-    if "://" in self.workdir or jax.process_index() != 0:
+    if jax.process_index() != 0:
+      return self
+    if "://" in self.workdir:
+      self._lease = remote_lock.RemoteLease(
+          self.path, remote_lock.holder_name(), WorkdirLockedError,
+          lease_s=remote_lock.LEASE_S, settle_s=remote_lock.SETTLE_S
+      ).acquire()
       return self
     self._created_workdir = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
@@ -81,13 +91,15 @@ class WorkdirLock:
           "for it to finish or use another --workdir.") from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.write(remote_lock.holder_name() + "\n")
     handle.flush()
     self._file = handle
     return self
 
   def release(self) -> None:
+    if self._lease is not None:
+      self._lease.release()
+      self._lease = None
     if self._file is None:
       return
     os.remove(self.path)

@@ -33,6 +33,8 @@ from attractor_jax import errors
 from attractor_jax.training import evaluation
 from attractor_jax.training import experiment
 from attractor_jax.training import metrics
+from attractor_jax.training import remote_lock
+from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
 
 from test_trainer import tiny_config
@@ -163,6 +165,9 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
   assert capsys.readouterr().out.strip()
 
   files = bucket.files("bucket/run")
+  # Each run held the lease on the workdir and removed it at the end.
+  assert bucket.gs_calls("open").count(("open", WORKDIR + "/.lock", "w")) >= 2
+  assert ".lock" not in files
   for name in ("config.json", "tokenizer.model", "metrics.jsonl",
                "sample.txt", "eval/depth_sweep.json", "eval/depth_sweep.txt",
                "eval/depth_sweep.png", "eval/depth_sweep_exact.json",
@@ -188,6 +193,18 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
   assert (epath.Path(WORKDIR) / "sample.txt").read_text() == summary["sample"]
   rows = evaluation.read_depth_sweep(WORKDIR + "/eval/depth_sweep.json")
   assert [row["T"] for row in rows] == [0, 1, 2]
+
+
+def test_a_second_trainer_on_the_same_bucket_workdir_is_refused(
+    bucket, monkeypatch):
+  monkeypatch.setattr(remote_lock, "LEASE_S", 0.4)
+  monkeypatch.setattr(remote_lock, "SETTLE_S", 0.05)
+  with run_guards.WorkdirLock(WORKDIR):
+    with pytest.raises(run_guards.WorkdirLockedError,
+                       match=f"is running in {WORKDIR}"):
+      trainer.train_and_evaluate(gcs_config(2), WORKDIR)
+    assert bucket.files("bucket/run") == [".lock"]     # nothing written
+  assert bucket.files("bucket/run") == []
 
 
 def test_metric_writer_rewrites_the_object_on_resume(bucket):
