@@ -106,8 +106,7 @@ def causal_self_attend(q, k, v, segment_ids: Optional[jax.Array] = None
   time of the whole matrix (experiments/benchmarks/cpu_forms_benchmark.py);
   alone, two halves are slightly faster, but in the public-cpu training
   step (experiments/benchmarks/lm_step_benchmark.py) four blocks were 1-2%
-  faster.
-  Equal to `attend` with the full causal mask.
+  faster. Equal to `attend` with the full causal mask.
   """
   seq = q.shape[1]
   blocks = _query_blocks(seq)

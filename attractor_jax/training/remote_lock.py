@@ -119,7 +119,11 @@ class RemoteLease:
       self._renewer.join()
       self._renewer = None
     if (self._read() or {}).get("token") == self.token:
-      self.path.unlink()
+      try:
+        self.path.unlink()
+      except OSError as e:      # it lapses on its own within one lease
+        logger.warning("Could not remove the workdir lease %s: %s",
+                       self.path, e)
 
 
 def holder_name() -> str:

@@ -3,7 +3,7 @@
     python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu
     python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu \\
         --forced_iters=12                  # exactly 12 solver iterations
-    python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu \
+    python experiments/benchmarks/lm_step_benchmark.py --model=public-cpu \\
         --forced_evals=12                  # exactly 12 map evaluations
     python experiments/benchmarks/lm_step_benchmark.py --model=attractor-140m \\
         --batch=16 --seq_len=2048 --dtype=bfloat16 --memory_depths=4,8,16

@@ -197,7 +197,7 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
 
 def test_a_second_trainer_on_the_same_bucket_workdir_is_refused(
     bucket, monkeypatch):
-  monkeypatch.setattr(remote_lock, "LEASE_S", 0.4)
+  monkeypatch.setattr(remote_lock, "LEASE_S", 2.0)
   monkeypatch.setattr(remote_lock, "SETTLE_S", 0.05)
   with run_guards.WorkdirLock(WORKDIR):
     with pytest.raises(run_guards.WorkdirLockedError,
