@@ -64,8 +64,8 @@ def _heads_major_attend(q, k, v, mask) -> jax.Array:
   """Softmax attention on `[b, heads, t, d]` operands, float32 logits.
 
   Heads-major operands make both products plain batched matmuls: XLA:CPU
-  took about twice as long for the same products with the heads axis
-  between sequence and features.
+  took up to twice as long for the same products with the heads axis
+  between sequence and features (cpu_forms_benchmark.py).
   """
   q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   logits = jnp.einsum("bnqh,bnkh->bnqk", q, k,
