@@ -20,6 +20,7 @@ def test_quick_step_benchmark_forces_iterations_and_counts_flops(capsys):
   assert result["reference_ratio"] == pytest.approx(result["seconds"])
   assert f"{result['reference_ratio']:.2f}x" in printed
   assert result["iterations"] == 3.0
+  assert "iterations 3.0 (4.0 map evaluations)" in printed
   assert result["seconds"] > 0 and math.isfinite(result["loss"])
   assert result["tokens_per_s"] > 0
   config = benchmark.model_config(benchmark.parse_args(

@@ -38,17 +38,20 @@ class RemoteLease:
     path: the lock object, e.g. gs://bucket/run/.lock.
     holder: who holds it, for other trainers' error messages.
     locked_error: the exception class raised when a live trainer holds it.
-    lease_s: how long an unrenewed lease stays live.
-    settle_s: wait between writing the lock and reading it back.
+    lease_s: how long an unrenewed lease stays live (None: `LEASE_S`).
+    settle_s: wait between writing the lock and reading it back (None:
+      `SETTLE_S`).
   """
 
   def __init__(self, path: str, holder: str,
                locked_error: Callable[[str], Exception], *,
-               lease_s: float = LEASE_S, settle_s: float = SETTLE_S):
+               lease_s: Optional[float] = None,
+               settle_s: Optional[float] = None):
     self.path = epath.Path(path)
     self.holder = holder
     self.locked_error = locked_error
-    self.lease_s, self.settle_s = lease_s, settle_s
+    self.lease_s = LEASE_S if lease_s is None else lease_s
+    self.settle_s = SETTLE_S if settle_s is None else settle_s
     self.token = uuid.uuid4().hex
     self._stop = threading.Event()
     self._renewer: Optional[threading.Thread] = None

@@ -73,9 +73,7 @@ class WorkdirLock:
       return self
     if "://" in self.workdir:
       self._lease = remote_lock.RemoteLease(
-          self.path, remote_lock.holder_name(), WorkdirLockedError,
-          lease_s=remote_lock.LEASE_S, settle_s=remote_lock.SETTLE_S
-      ).acquire()
+          self.path, remote_lock.holder_name(), WorkdirLockedError).acquire()
       return self
     self._created_workdir = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)

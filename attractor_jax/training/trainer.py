@@ -196,6 +196,17 @@ def train_step(model, optimizer, batch, loss_limit=jnp.inf, task_state=None,
   return scalars
 
 
+def cached_train_step(state: TrainState):
+  """`train_step` with `state`'s model and optimizer bound, as the training
+  loop calls it: `(batch, loss_limit, task_state, *, task)`.
+
+  The bound model and optimizer are traversed once (`nnx.cached_partial`; the
+  cached copies share their variables, so `state` sees every update), not by
+  `nnx.jit` on every step: Python time that dominates a tiny model's step.
+  """
+  return nnx.cached_partial(train_step, state.model, state.optimizer)
+
+
 def _optimizer_config(config) -> optimizers.OptimizerConfig:
   fields = dict(config.optimizer.to_dict(), total_steps=config.total_steps)
   return optimizers.OptimizerConfig.from_config(fields)
@@ -274,16 +285,11 @@ def _train_and_evaluate(config, workdir, stop_at_step):
   aggregator = metrics_lib.StepAggregator()
   logged_step, logged_time = step, time.perf_counter()
   config_saved = False
-  # Caches the traversal of model and optimizer (the cached copies share
-  # their variables): otherwise nnx.jit walks both on every step, Python
-  # time that dominates a tiny model's step.
-  cached_train_step = nnx.cached_partial(train_step, state.model,
-                                         state.optimizer)
+  step_fn = cached_train_step(state)
   try:
     while step < last_step:
       batch = parallel.shard_batch(next(train_iterator), mesh)
-      scalars = cached_train_step(batch, loss_limit, state.task_state,
-                                  task=task)
+      scalars = step_fn(batch, loss_limit, state.task_state, task=task)
       step += 1
       bad_in_a_row = int(scalars["bad_steps_in_a_row"])
       if not config_saved:

@@ -20,8 +20,8 @@ to time both at equal work, run its `max_iter=N` beside `--forced_evals=N`.
 beside this run on the same machine, and prints the ratio.
 
 The step is the trainer's own `train_step` (forward, backward, optimizer,
-health checks, metrics), called as the trainer's loop calls it (through
-`nnx.cached_partial`): 3 warm-up steps, then the median of 10 timed ones.
+health checks, metrics), called as the trainer's loop calls it
+(`trainer.cached_train_step`): 3 warm-up steps, then the median of 10 timed ones.
 FLOPs are counted from the model's shapes (matmuls and attention;
 `attractor_jax/models/flops.py`), every solver iteration included, so MFU
 does not depend on what XLA reports for a while loop. `--memory_depths` prints the
@@ -42,6 +42,7 @@ from flax import nnx
 from attractor_jax import models
 from attractor_jax.models import flops as flops_lib
 from attractor_jax.models import presets
+from attractor_jax.models import registry
 from attractor_jax.models.config import AttractorLMConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.training import optimizers
@@ -98,9 +99,7 @@ def time_steps(config, args) -> dict:
   task = LMTask()
   batch = {k: jnp.asarray(v) for k, v in
            make_batch(config, args.batch, args.seq_len).items()}
-  # Called as the trainer's loop calls it.
-  cached_train_step = nnx.cached_partial(trainer.train_step, state.model,
-                                         state.optimizer)
+  cached_train_step = trainer.cached_train_step(state)
   times, iterations = [], []
   for i in range(args.warmup + args.steps):
     start = time.perf_counter()
@@ -198,8 +197,9 @@ def main(argv=None) -> dict:
                 mfu=None if peak is None else flops / result["seconds"] / peak,
                 params=models.parameter_count(config))
   device = jax.devices()[0]
-  evaluations = ("" if getattr(config, "solve", None) is None else
-                 f" ({result['iterations'] + 1:.1f} map evaluations)")
+  evaluations = (f" ({result['iterations'] + 1:.1f} map evaluations)"
+                 if registry.supports(config.kind, registry.SOLVER_STATS)
+                 else "")
   print(f"{args.model} ({result['params'] / 1e6:.2f}M parameters, "
         f"{config.dtype}) on {device.platform}:{device.device_kind}, batch "
         f"{args.batch} x {args.seq_len}")

@@ -65,8 +65,7 @@ def breakdown(args) -> dict[str, float]:
       config, optimizers.OptimizerConfig(name="adamw", lr=1e-4,
                                          total_steps=1000), seed=0)
   task = LMTask()
-  cached_train_step = nnx.cached_partial(trainer.train_step, state.model,
-                                         state.optimizer)
+  cached_train_step = trainer.cached_train_step(state)
   pieces = {
       "backbone forward": (jax.jit(propose), params),
       "backbone forward + backward": (jax.jit(jax.grad(

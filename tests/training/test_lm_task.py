@@ -61,12 +61,10 @@ def test_train_step_reports_the_training_mode_loss():
 
 
 def test_the_cached_train_step_updates_the_state_it_was_built_from():
-  # The trainer's loop calls nnx.cached_partial(train_step, model, optimizer).
   states = [trainer.create_train_state(
       looped_model().config, optimizers.OptimizerConfig(total_steps=10),
       seed=0) for _ in range(2)]
-  cached = nnx.cached_partial(trainer.train_step, states[1].model,
-                              states[1].optimizer)
+  cached = trainer.cached_train_step(states[1])
   for seed in range(2):
     plain = trainer.train_step(states[0].model, states[0].optimizer,
                                batch(seed), task=LMTask(seed=0))
