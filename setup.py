@@ -2,6 +2,11 @@
 
 import setuptools
 
+# The repository's address is set in attractor_jax/project.py only (read, not
+# imported: the package's dependencies are not installed yet).
+_PROJECT: dict = {}
+exec(open("attractor_jax/project.py", encoding="utf-8").read(), _PROJECT)  # pylint: disable=exec-used
+
 setuptools.setup(
     name="attractor_jax",
     version="0.1.0",
@@ -9,6 +14,8 @@ setuptools.setup(
                  "with implicit differentiation, in JAX/Flax."),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    url=_PROJECT["REPOSITORY"] or None,
+    license="Apache-2.0",
     packages=setuptools.find_packages(include=["attractor_jax", "attractor_jax.*"]),
     package_data={"attractor_jax.puzzles": ["data/maze-hard/*.csv",
                                            "data/sudoku-extreme/*.csv"]},

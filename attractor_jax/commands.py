@@ -26,11 +26,13 @@ from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_lib
 from ml_collections.config_flags import config_path
 
 from attractor_jax import errors
+from attractor_jax.parallel import distributed
 
 EXIT_USER_ERROR = 2
 FLAGS_HINT = "Pass --helpshort to list this command's flags."
@@ -268,3 +270,20 @@ def _unknown_override(name: str, argv: Sequence[str]
         f"Override only fields that get_config() of {spec.split(':')[0]} "
         "defines.")
   return None
+
+
+def start_command(argv) -> None:
+  """Shared start of the train / evaluate / generate commands.
+
+  Rejects stray arguments; unless --verbosity was given, keeps absl's log to
+  warnings (orbax logs every checkpoint step at INFO); then starts the
+  multi-process runtime if the flags ask for it or a cluster is detected
+  (`parallel.distributed`), before anything else touches a device.
+  """
+  if len(argv) > 1:
+    raise errors.ConfigError(
+        f"Unexpected arguments {argv[1:]}.\nWrite every flag as "
+        "--name=value; pass --helpshort to list the flags.")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  distributed.initialize_from_flags()

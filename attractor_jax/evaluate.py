@@ -19,7 +19,7 @@ from absl import flags
 from attractor_jax import commands
 from attractor_jax import errors
 from attractor_jax.parallel import distributed
-from attractor_jax.training import experiment
+from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
 
@@ -34,7 +34,7 @@ _BATCHES = flags.DEFINE_integer("eval_batches", None,
 
 def check_flags(step, eval_batches) -> None:
   """Raises ConfigError for a negative --step or --eval_batches below 1."""
-  experiment.check_step_flag(step)
+  workdir_lib.check_step_flag(step)
   if eval_batches is not None and eval_batches < 1:
     raise errors.ConfigError(
         f"--eval_batches={eval_batches} evaluates nothing.\nPass "
@@ -42,12 +42,12 @@ def check_flags(step, eval_batches) -> None:
 
 
 def main(argv):
-  experiment.start_command(argv)
+  commands.start_command(argv)
   workdir = _WORKDIR.value
   check_flags(_STEP.value, _BATCHES.value)
-  config = experiment.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   task = tasks.get_task(config)
-  experiment.check_checkpoint_exists(workdir, _STEP.value)
+  workdir_lib.check_checkpoint_exists(workdir, _STEP.value)
   trained, assets, config = trainer.load_trained(workdir, _STEP.value)
   task.evaluate_workdir(config, workdir, trained, assets,
                         eval_batches=_BATCHES.value)

@@ -20,8 +20,8 @@ from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax.parallel import distributed
-from attractor_jax.training import experiment
-from attractor_jax.training import lm_task
+from attractor_jax.training import workdir as workdir_lib
+from attractor_jax.tasks.lm import task as lm_task
 from attractor_jax.training import trainer
 
 NO_TOP_K = -1
@@ -63,7 +63,7 @@ def check_flags(*, prompt: str, num_tokens: int, temperature: float,
     raise errors.ConfigError(
         f"--top_k={top_k} keeps no token to sample from.\nPass --top_k=K "
         "with K >= 1, or --top_k=-1 to sample from the whole vocabulary.")
-  experiment.check_step_flag(step)
+  workdir_lib.check_step_flag(step)
 
 
 def check_fits(prompt_tokens: int, num_tokens: int, top_k: int,
@@ -90,16 +90,16 @@ def check_fits(prompt_tokens: int, num_tokens: int, top_k: int,
 
 
 def main(argv):
-  experiment.start_command(argv)
+  commands.start_command(argv)
   workdir = _WORKDIR.value
   check_flags(prompt=_PROMPT.value, num_tokens=_NUM_TOKENS.value,
               temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
               step=_STEP.value)
-  config = experiment.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   tokenizer = data_lib.load_tokenizer(epath.Path(workdir) / "tokenizer.model")
   check_fits(len(tokenizer.encode(_PROMPT.value)), _NUM_TOKENS.value,
              _TOP_K.value, config)
-  experiment.check_checkpoint_exists(workdir, _STEP.value)
+  workdir_lib.check_checkpoint_exists(workdir, _STEP.value)
   state, tokenizer, _ = trainer.load_trained(workdir, _STEP.value)
   sample = ml_collections.ConfigDict(dict(
       prompt=_PROMPT.value, num_tokens=_NUM_TOKENS.value,

@@ -23,7 +23,7 @@ Import it under a name of its own, so it does not shadow flax's `linen`:
 Built on `flax.nnx.bridge`. The returned objects are ordinary
 `linen.Module`s: use them in `@nn.compact` or `setup`, `init` them with a
 "params" rng, and `apply` them under `jax.jit` / `jax.grad` like any Linen
-layer. (`attractor_jax.nn.linen` is the same module under its old name.)
+layer.
 
 How the bridge behaves (flax 0.12):
 
@@ -56,6 +56,7 @@ from typing import Any, Callable, Optional
 from flax import linen as nn
 from flax import nnx
 
+from attractor_jax import models
 from attractor_jax.nn import attractor_head as attractor_head_lib
 from attractor_jax.nn import blocks as blocks_lib
 
@@ -135,8 +136,6 @@ def language_model_linen(config, *, name: Optional[str] = None) -> nn.Module:
   Called as `lm(tokens, targets=..., positions=..., segment_ids=...,
   max_iter=...)`; returns the model's `LMOutput` (logits, loss, stats).
   """
-  # Imported here: models depend on nn, not the other way round.
-  from attractor_jax import models  # pylint: disable=g-import-not-at-top
   return to_linen(models.model_class(config.kind), config, name=name)
 
 

@@ -18,7 +18,6 @@ from absl import flags
 from attractor_jax import commands
 from attractor_jax import configs
 from attractor_jax.parallel import distributed
-from attractor_jax.training import experiment
 from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
 
@@ -34,7 +33,7 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
-  experiment.start_command(argv)
+  commands.start_command(argv)
   summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if summary["preempted"]:
     sys.exit(run_guards.PREEMPTED_EXIT_CODE)    # docs/reliability.md

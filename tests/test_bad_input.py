@@ -24,7 +24,9 @@ from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax.configs import lm
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import data as lm_data
+from attractor_jax.training import tasks
+from attractor_jax.training import workdir as workdir_lib
 import command_modules
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -95,7 +97,7 @@ def files(tmp_path_factory):
   run = root / "run"
   tokenizer = data_lib.train_sentencepiece(
       data_lib.builtin_corpus()[:40], RUN_VOCAB, run / "tokenizer")
-  experiment.save_config(fake_run_config(), str(run))
+  workdir_lib.save_config(fake_run_config(), str(run))
   paths["run"], paths["tokenizer"] = str(run), str(tokenizer)
   # The same with a checkpoint folder of step 5 (only the folder).
   saved = root / "saved"
@@ -300,7 +302,7 @@ def test_train(case, args, expected, files, tmp_path, capsys, monkeypatch):
   def must_not_run(*args, **kwargs):
     raise AssertionError("validate_config passed: the run would train")
 
-  monkeypatch.setattr(experiment, "prepare_data", must_not_run)
+  monkeypatch.setattr(lm_data, "prepare_data", must_not_run)
   args = _fill(args, files, tmp_path)
   if not any(a.startswith("--config=") for a in args):
     args = [f"--config={LM}"] + args
@@ -349,14 +351,14 @@ def test_batch_the_mesh_cannot_divide(tmp_path):
   config = lm.get_config()
   config.batch_size = 6
   with pytest.raises(errors.ConfigError, match="multiple of 4"):
-    experiment.validate_config(config, str(tmp_path / "wd"), num_devices=4)
+    tasks.validate_config(config, str(tmp_path / "wd"), num_devices=4)
   config.batch_size = 8
-  experiment.validate_config(config, str(tmp_path / "wd"), num_devices=4)
+  tasks.validate_config(config, str(tmp_path / "wd"), num_devices=4)
   assert not (tmp_path / "wd").exists()
 
 
 def test_the_default_config_is_valid(tmp_path):
-  model_config = experiment.validate_config(lm.get_config(),
+  model_config = tasks.validate_config(lm.get_config(),
                                             str(tmp_path / "wd"))
   assert model_config.vocab_size == lm.get_config().data.vocab_size
   assert not (tmp_path / "wd").exists()

@@ -22,17 +22,32 @@ def test_readme_opens_with_main_job_and_test_commands():
   lines = first_code_block_lines()
   assert len(lines) == 2
   main_job, tests = lines
-  assert main_job.startswith("pip install -e . && python -m attractor_jax.")
+  pins = " -c constraints.txt"
+  assert main_job.startswith(f"pip install -e .{pins} && python -m attractor_jax.")
   module = shlex.split(main_job.split("&&")[1])[2]
   path = ROOT / (module.replace(".", "/") + ".py")
   assert path.is_file(), f"main job {module} does not exist"
-  assert tests.startswith('pip install -e ".[test]" && python -m pytest')
+  assert tests.startswith(f'pip install -e ".[test]"{pins} && python -m pytest')
+  assert '-m "not slow and not heavy"' in tests
+  assert (ROOT / "constraints.txt").is_file()
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_then_the_heavy_tier():
   ci = (ROOT / ".ci" / "run").read_text()
   assert "grep -m1 -E '^pip install -e \"\\.\\[test\\]\"' README.md" in ci
-  assert 'eval "$test_command"' in ci
+  readme_tier = ci.index('eval "$test_command"')
+  heavy_tier = ci.index('eval "$heavy_command"')
+  assert readme_tier < heavy_tier
+  assert '-m "heavy and not slow"' in ci
+
+
+def test_constraints_pin_the_core_dependencies():
+  pins = {line.split("==")[0].lower(): line.split("==")[1]
+          for line in (ROOT / "constraints.txt").read_text().splitlines()
+          if "==" in line and not line.startswith("#")}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+               "pytest", "pytest-xdist"):
+    assert name in pins, f"constraints.txt does not pin {name}"
 
 
 INTEGRATORS = "## Using the attractor head in your own model"

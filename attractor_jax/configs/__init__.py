@@ -12,11 +12,12 @@ DATACLASS_SECTIONS = ("model", "solve", "optimizer")
 
 
 def check_fields(config: ml_collections.ConfigDict,
-                 reference: ml_collections.ConfigDict, config_file: str
-                 ) -> None:
+                 reference: ml_collections.ConfigDict, config_file: str,
+                 added_later: tuple[str, ...] = ()) -> None:
   """No field of `reference` missing from `config`, none it lacks (at the
   top level and one section deep; the `DATACLASS_SECTIONS` are left to
-  their dataclasses).
+  their dataclasses). Fields named in `added_later` (dotted) may be missing:
+  configs saved before they existed read their defaults.
 
   Raises:
     errors.ConfigError: naming the fields and `config_file` to start from.
@@ -28,7 +29,9 @@ def check_fields(config: ml_collections.ConfigDict,
         and isinstance(config.get(key), (ml_collections.ConfigDict, dict))):
       sections.append((key + ".", config[key], value))
   for prefix, have, want in sections:
-    missing = sorted(set(want.keys()) - set(have.keys()))
+    missing = sorted(set(want.keys()) - set(have.keys())
+                     - {name[len(prefix):] for name in added_later
+                        if name.startswith(prefix)})
     unknown = sorted(set(have.keys()) - set(want.keys()))
     if missing:
       raise errors.ConfigError(

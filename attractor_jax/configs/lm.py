@@ -105,7 +105,7 @@ def get_config(variant: str = TINY) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 2 if tiny else 3
   config.depth_sweep = True
   # After training: held-out last-word accuracy and perplexity (LAMBADA-
-  # style, training/last_word.py) over at most this many words; 0: none.
+  # style, tasks/lm/last_word.py) over at most this many words; 0: none.
   config.last_word_examples = LAST_WORD_EXAMPLES
   # A bad step (NaN loss or gradients, a failed forward solve, a loss past
   # max_loss_factor * ln(vocab_size)) is skipped; this many in a row stop

@@ -14,6 +14,9 @@ kind, as do `config_from_dict(values)` (a saved config) and
     ModelConfig(kind="gpt", dim=128)            # a GPTConfig
     GPTConfig(dim=128)                          # the same config
     GPTConfig(kind="looped")                    # errors.ConfigError
+
+Why one module of ~460 lines: the base config and each kind's subclass
+are one table of fields, read side by side.
 """
 
 from __future__ import annotations

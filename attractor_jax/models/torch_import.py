@@ -64,6 +64,9 @@ Conventions, and what is done about each:
   docs/checkpoint_import.md.
 - RMSNorm: the public norm's learned `weight` multiplies the normalised input
   (no unit offset outside "Gemma"-named configs), like our `scale`.
+
+Why one module of ~660 lines: the name and layout map from the public
+PyTorch checkpoints to ours is one table, read top to bottom.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Flax NNX layers: norms, rotary, attention, MLPs, blocks, the attractor head.
 
-Linen users: see `attractor_jax.linen` (wrappers through flax.nnx.bridge;
-`attractor_jax.nn.linen` is its old name).
+Linen users: see `attractor_jax.linen` (wrappers through flax.nnx.bridge).
 """
 
 from attractor_jax.nn.attention import Attention

@@ -12,6 +12,10 @@ head has no dropout, so the solve always sees a deterministic map.
 Call the head under `nnx.jit`: an eager call traces the solver loop again
 each time (it warns once). Inside `attractor_jax.linen` wrappers the solve is
 skipped during Linen `init` (`solve_skipped`).
+
+Why one module of ~560 lines: `SolveConfig`, the head's map and its solve
+are read together (the map's options are the config's fields); splitting
+them would send a reader back and forth.
 """
 
 from __future__ import annotations

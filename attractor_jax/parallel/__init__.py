@@ -28,5 +28,6 @@ from attractor_jax.parallel.rules import logical_to_mesh_spec
 from attractor_jax.parallel.rules import Rules
 from attractor_jax.parallel.rules import rules_table
 from attractor_jax.parallel.rules import shard_batch
+from attractor_jax.parallel.state import global_batch
 from attractor_jax.parallel.state import shard_like_params
 from attractor_jax.parallel.state import state_shardings

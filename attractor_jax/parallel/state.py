@@ -149,3 +149,13 @@ def shard_like_params(opt_state: Any, param_shardings: Any,
     return replicated
 
   return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
+def global_batch(model, batch: dict) -> dict:
+  """The batch as is on one process; with several, each process's rows (its
+  share, as the data pipeline gives it) assembled into global arrays over the
+  mesh the model's parameters live on."""
+  if jax.process_count() == 1:
+    return batch
+  param = jax.tree.leaves(nnx.state(model, nnx.Param))[0]
+  return rules_lib.shard_batch(batch, param.sharding.mesh)

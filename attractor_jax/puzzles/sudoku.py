@@ -16,9 +16,7 @@ the digits) and `augment` draws a random rearrangement of a training pair.
 
 from __future__ import annotations
 
-import json
 import pathlib
-import sys
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -149,11 +147,11 @@ def rate(puzzle, isomorphs: int = DEFAULT_ISOMORPHS,
   grid = _grid(puzzle)
   if count_solutions(grid) != 1:
     raise ValueError("only a puzzle with exactly one solution has a rating")
-  _check_rating_args(isomorphs, seed)
+  check_rating_args(isomorphs, seed)
   return float(core.rate(grid, isomorphs, np.uint64(seed)))
 
 
-def _check_rating_args(isomorphs: int, seed: int) -> None:
+def check_rating_args(isomorphs: int, seed: int) -> None:
   if isomorphs < 1:
     raise ValueError(f"isomorphs must be at least 1, got {isomorphs}")
   if not 0 <= seed < 2**64:
@@ -173,7 +171,7 @@ def describe(puzzle, isomorphs: int = DEFAULT_ISOMORPHS,
              seed: int = DEFAULT_SEED) -> dict:
   """What `rate` prints for one puzzle: solutions, rating, tier, solution."""
   grid = _grid(puzzle)
-  _check_rating_args(isomorphs, seed)
+  check_rating_args(isomorphs, seed)
   found, solution = solve(grid)
   rating = None
   if found == 1:
@@ -291,68 +289,3 @@ def load_split(split: str) -> Split:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   return read_csv(DATA_DIR / f"{split}.csv")
 
-
-# -------------------------------------------------------------- commands
-
-
-def add_commands(subparsers) -> None:
-  """Registers `rate` and `build-sudoku` on an argparse subparsers object."""
-  rate_parser = subparsers.add_parser(
-      "rate", help="rate Sudoku puzzles, one JSON object per line",
-      description=(
-          "Reads one puzzle per line (81 characters, '.' or '0' blank; empty "
-          "lines skipped) from FILE ('-' for stdin) and prints, in order, "
-          "one JSON object per puzzle: puzzle, solutions (0, 1, or 2 "
-          "meaning two or more), rating (mean guesses; null unless exactly "
-          "one solution), tier and solution."))
-  rate_parser.add_argument("file", metavar="FILE")
-  rate_parser.add_argument("--isomorphs", type=int, default=DEFAULT_ISOMORPHS,
-                           help="random rearrangements to average over")
-  rate_parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                           help="seed of the rearrangements")
-  rate_parser.set_defaults(func=_rate_command)
-
-  build_parser = subparsers.add_parser(
-      "build-sudoku", help="generate the Sudoku-Extreme train/test CSVs",
-      description=(
-          "Generates rated puzzles by local search and writes train.csv and "
-          "test.csv to --out. The same arguments give the same files, byte "
-          "for byte (any --workers)."))
-  from attractor_jax.puzzles import sudoku_build  # pylint: disable=g-import-not-at-top
-  sudoku_build.add_arguments(build_parser)
-  build_parser.set_defaults(func=_build_command)
-
-
-def _rate_command(args) -> int:
-  try:
-    try:
-      _check_rating_args(args.isomorphs, args.seed)
-    except ValueError as error:
-      raise errors.ConfigError(f"--{error}") from None
-    if args.file == "-":
-      text = sys.stdin.read()
-    else:
-      try:
-        text = pathlib.Path(args.file).read_text(encoding="utf-8")
-      except OSError as error:
-        raise errors.MissingPathError(
-            f"cannot read {args.file}: {error.strerror}") from None
-    grids = []
-    for number, line in enumerate(text.splitlines(), 1):
-      if not line.strip():
-        continue
-      try:
-        grids.append(parse(line))
-      except ValueError as error:
-        raise errors.DataError(f"{args.file}:{number}: {error}") from None
-  except errors.UserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  for grid in grids:
-    print(json.dumps(describe(grid, args.isomorphs, args.seed)), flush=True)
-  return 0
-
-
-def _build_command(args) -> int:
-  from attractor_jax.puzzles import sudoku_build  # pylint: disable=g-import-not-at-top
-  return sudoku_build.main(args)

@@ -10,6 +10,9 @@ seed gives the same puzzles on every machine and numpy version.
 
 The public, documented entry points are in `sudoku.py`; this module is the
 engine behind them.
+
+Why one module of ~580 lines: its numba kernels call one another and are
+compiled (and cached) together.
 """
 
 import numba as nb

@@ -28,6 +28,9 @@ Guards against misuse:
     value gets an error that says so.
   * The implicit backward solve's non-convergence warning is rate-limited
     (`set_backward_warning_interval`).
+
+Why one module of ~560 lines: the forward solve, its custom VJP and the
+backward modes share the argument checks and the closure they build.
 """
 
 from __future__ import annotations

@@ -39,6 +39,9 @@ Preemption: `reached_preemption(step)` is orbax's multi-host sync point,
 true on every host at the same step once the job has received a preemption
 notice (when `jax.distributed` was initialised). The trainer saves there,
 waits until the save is durable and exits (`run_guards.PreemptionWatcher`).
+
+Why one module of ~440 lines: saving, restoring, verifying and setting
+aside checkpoints are one protocol over one folder layout.
 """
 
 from __future__ import annotations

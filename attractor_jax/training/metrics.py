@@ -22,6 +22,10 @@ append and no local folder: metrics.jsonl is kept in memory and the object
 rewritten whole, and the event files are written to a local temporary folder
 and copied into `workdir/tensorboard/`; both at most every `sync_secs`
 (30 s), and on `flush` and `close`.
+
+Why one module of ~520 lines: the writer, the readers of its two formats
+and the scalar summaries share one record format (names, steps, how
+non-finite values are written).
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ is `[heads, head_dim, embed]`; we orthogonalise them as the full
 PyTorch reference does with its `nn.Linear` layers, not head by head. The rule
 (`muon_dimension_numbers`): a rank >= 3 parameter named `wo` / `*out*` reduces
 over all axes but the last; any other reduces over axis 0 and outputs the rest.
+
+Why one module of ~440 lines: the parameter labels, the per-group
+transforms and the schedules are one optimizer's parts.
 """
 
 from __future__ import annotations

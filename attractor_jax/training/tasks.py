@@ -47,11 +47,13 @@ PROBE_KEY = "backward_probe"
 # task derives the step's randomness (resumes draw the same).
 STEP_KEY = "step"
 
-# name -> (module, class): imported on use, so an LM run does not import the
-# puzzle code and the other way round.
-_TASKS = {
-    "lm": ("attractor_jax.training.lm_task", "LMTask"),
-    "puzzle": ("attractor_jax.training.puzzle_task", "PuzzleTask"),
+# name -> "module:Class" or a Task subclass. The built-in tasks live in
+# attractor_jax/tasks/ and are named here, not imported: each is imported on
+# use, so the loop never imports a task package and an LM run does not import
+# the puzzle code. `register_task` adds your own.
+_TASKS: dict[str, Any] = {
+    "lm": "attractor_jax.tasks.lm:LMTask",
+    "puzzle": "attractor_jax.tasks.puzzles:PuzzleTask",
 }
 
 
@@ -126,6 +128,13 @@ class Task:
     """The periodic validation metrics."""
     raise NotImplementedError
 
+  def describe_validation(self, step: int, validation: dict[str, float]
+                          ) -> str:
+    """The line the trainer prints after a validation."""
+    return f"step {step}: validation " + ", ".join(
+        f"{key} {value:.4g}" for key, value in validation.items()
+        if isinstance(value, (int, float)))
+
   def finish(self, config: ml_collections.ConfigDict, workdir: str, model,
              data: Any) -> dict[str, Any]:
     """Work after the last step (sweeps, samples); returns its results."""
@@ -171,6 +180,19 @@ class TaskState(nnx.Module):
       getattr(self, name)[...] = arrays[name]
 
 
+def register_task(name: str, task: Any) -> None:
+  """Makes `config.task = name` train `task`: a `Task` subclass, or its
+  "module:Class" path (imported on first use)."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"A task name must be a non-empty string; got {name!r}.")
+  _TASKS[name] = task
+
+
+def registered_tasks() -> tuple[str, ...]:
+  """The names `config.task` may take."""
+  return tuple(_TASKS)
+
+
 def task_name(config: ml_collections.ConfigDict) -> str:
   return config.get("task", DEFAULT_TASK) or DEFAULT_TASK
 
@@ -187,6 +209,21 @@ def get_task(config: ml_collections.ConfigDict,
     raise errors.ConfigError(
         f"Unknown task {name!r}; expected one of {', '.join(_TASKS)}.\n"
         "Set config.task in the config file.")
-  module, class_name = _TASKS[name]
-  task_class = getattr(importlib.import_module(module), class_name)
+  task_class = _TASKS[name]
+  if isinstance(task_class, str):
+    module, class_name = task_class.split(":")
+    task_class = getattr(importlib.import_module(module), class_name)
   return task_class.from_config(config)
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    workdir: Optional[str] = None, *,
+                    num_devices: Optional[int] = None):
+  """Checks a whole training config of any task before anything is read or
+  written (the task's `validate_config`); returns the model config.
+
+  Raises:
+    errors.ConfigError: an unknown task, or what the task refuses.
+  """
+  return get_task(config).validate_config(
+      config, workdir, num_devices=num_devices)

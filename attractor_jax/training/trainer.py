@@ -7,6 +7,9 @@ checkpoint of the workdir (model, optimizer, the task's carried arrays and
 data position), logs, evaluates, checkpoints, and at the end runs the task's
 `finish` (the LM's depth sweep and sample; the puzzles' whole test set).
 What depends on the data is the task's (`tasks.Task`).
+
+Why one module of ~420 lines: the loop reads top to bottom, with the
+state it carries and the step it runs beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from attractor_jax import parallel
 from attractor_jax import solvers
 from attractor_jax.parallel import distributed
 from attractor_jax.training import checkpoints
-from attractor_jax.training import experiment
+from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import optimizers
 from attractor_jax.training import run_guards
@@ -252,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     returned (the LM's depth sweep rows and sample text, the puzzles' test
     results); `preempted` is True if a SIGTERM stopped the run.
   """
-  experiment.validate_config(config, workdir)    # before anything is written
+  tasks.validate_config(config, workdir)    # before anything is written
   with run_guards.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir, stop_at_step)
 
@@ -295,7 +298,7 @@ def _train_and_evaluate(config, workdir, stop_at_step):
       if not config_saved:
         # Only a config that restored and ran a step may describe the workdir.
         if distributed.is_main_process():
-          experiment.save_config(config, workdir)
+          workdir_lib.save_config(config, workdir)
         config_saved = True
       diverged = bad_in_a_row and _report_bad_step(config, step,
                                                    bad_in_a_row, scalars)
@@ -320,6 +323,8 @@ def _train_and_evaluate(config, workdir, stop_at_step):
       if step % config.eval_every == 0 or step == last_step:
         val = task.evaluate(state.evaluation_model(), data)
         writer.write_scalars(step, {f"val/{k}": v for k, v in val.items()})
+        if distributed.is_main_process():
+          print(task.describe_validation(step, val), flush=True)
         summary["validation"] = val
       preempted = preemption.should_stop(step)
       # Never checkpoint in the middle of a run of bad steps.
@@ -382,7 +387,7 @@ def load_trained(workdir: str, step: Optional[int] = None):
     checkpoints.CheckpointError: the checkpoint (or, for the latest, every
       checkpoint) cannot be read.
   """
-  config = experiment.load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   task = tasks.get_task(config)
   model_config, assets = task.inference_setup(config, workdir)
   ema = config.optimizer.get("ema_decay") is not None

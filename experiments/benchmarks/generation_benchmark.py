@@ -21,7 +21,7 @@ from flax import nnx
 from attractor_jax.models.attractor_lm import AttractorLM
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
-from attractor_jax.training import generation
+from attractor_jax.tasks.lm import generation
 
 
 def parse_args(argv):

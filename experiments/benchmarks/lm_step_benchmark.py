@@ -47,7 +47,7 @@ from attractor_jax.models.config import AttractorLMConfig
 from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.training import optimizers
 from attractor_jax.training import trainer
-from attractor_jax.training.lm_task import LMTask
+from attractor_jax.tasks.lm import LMTask
 
 PUBLIC_CPU = "public-cpu"
 # Dense peak FLOP/s by device kind (bfloat16; float32 on CPU is unknown).

@@ -4,11 +4,16 @@
     python experiments/notebooks/build_notebooks.py --execute  # full size run
     python experiments/notebooks/build_notebooks.py --execute --size small \
         --only attractor_lm
+    python experiments/notebooks/build_notebooks.py --refresh_headers  # badge,
+        # install cell (after attractor_jax/project.py changed), outputs kept
 
 The cells live here as plain strings, so a change is a diff of Python, and
 the committed .ipynb files are the executed output (pictures included) of
 `--execute` at the full size. tests/test_notebooks.py runs each notebook with
 ATTRACTOR_NOTEBOOK_SIZE=small.
+
+Why one module of ~600 lines: it holds every notebook's cells as text;
+each notebook's cells stay together.
 """
 
 import argparse
@@ -20,20 +25,42 @@ import time
 import nbformat
 from nbformat import v4
 
+from attractor_jax import project
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 INSTALL_MD = """\
-**In Colab: set `REPOSITORY` to this repository's git address and run the
-install cell** below first. Where `attractor_jax` is already importable (a
-`pip install -e ".[test]"` checkout, or CI) it does nothing."""
+**In Colab:** run the install cell below first. Where `attractor_jax` is
+already importable (a `pip install -e ".[test]"` checkout, or CI) it does
+nothing."""
 
+# The install cell; {repository} is attractor_jax/project.py's REPOSITORY.
 INSTALL = """\
-REPOSITORY = "https://github.com/YOUR_ACCOUNT/attractor_jax"  # set this
+REPOSITORY = "{repository}"  # attractor_jax/project.py
 try:
     import attractor_jax  # noqa: F401  (already installed: nothing to do)
 except ImportError:
-    %pip install -q "attractor_jax @ git+{REPOSITORY}"
+    if not REPOSITORY:
+        raise SystemExit(
+            "Set REPOSITORY in this cell to the git address of attractor_jax "
+            "(https://github.com/OWNER/attractor_jax), then run it again.")
+    %pip install -q "attractor_jax @ git+{{REPOSITORY}}"
     import attractor_jax  # noqa: F401"""
+
+
+def colab_badge(name: str, repository: str = project.REPOSITORY) -> str:
+  """The "Open in Colab" line of notebook `name`, derived from REPOSITORY."""
+  url = project.colab_url(f"experiments/notebooks/{name}.ipynb", repository)
+  if not url:
+    return ("*Open in Colab: the repository's address is not set yet "
+            "(`attractor_jax/project.py`).*")
+  return ("[![Open In Colab](https://colab.research.google.com/assets/"
+          f"colab-badge.svg)]({url})")
+
+
+def install_cell(repository: str = project.REPOSITORY) -> str:
+  return INSTALL.format(repository=repository)
+
 
 SIZE_CELL = """\
 import os
@@ -47,7 +74,7 @@ print("size:", SIZE)"""
 
 def _header(title, intro):
   return [("md", f"# {title}\n\n{intro}"), ("md", INSTALL_MD),
-          ("code", INSTALL), ("code", SIZE_CELL)]
+          ("code", install_cell()), ("code", SIZE_CELL)]
 
 
 # --------------------------------------------------------------------------
@@ -324,7 +351,7 @@ plt.show()"""),
      "faster (the first call of each includes compilation, so we time a "
      "second call)."),
     ("code", """\
-from attractor_jax.training import generation
+from attractor_jax.tasks.lm import generation
 
 trained, tokenizer, loaded_config = trainer.load_trained(workdir)
 print("restored step", trained.step)
@@ -397,19 +424,15 @@ print(f"\\ncommitted test split: {len(test.ratings)} puzzles,",
       {t: tiers.count(t) for t in sudoku.TIERS})"""),
     ("md", "## 2. Train a tiny reasoner\n\n"
      "`configs/sudoku.py:tiny` is the CPU size. We shorten the run, and "
-     "evaluate on an even spread of the test split over its tiers (the "
-     "trainer's final evaluation otherwise reads all 5000 test puzzles)."),
+     "evaluate on an even spread of the test split over its tiers "
+     "(`config.test_examples`; 0, the default, reads all 5000 test puzzles)."),
     ("code", """\
 import tempfile
 from attractor_jax.configs import sudoku as sudoku_configs
-from attractor_jax.training import puzzle_data, trainer
-
-EVAL_PUZZLES = 16 if SMALL else 200
-_load = puzzle_data.load
-puzzle_data.load = lambda puzzle, split: (
-    _load(puzzle, split).spread(EVAL_PUZZLES) if split == "test" else _load(puzzle, split))
+from attractor_jax.training import trainer
 
 config = sudoku_configs.get_config("tiny")
+config.test_examples = 16 if SMALL else 200   # an even spread over the tiers
 config.total_steps = 4 if SMALL else 400
 config.batch_size = 4 if SMALL else 64
 config.log_every = 2 if SMALL else 50
@@ -509,7 +532,11 @@ NOTEBOOKS = {
 }
 
 
-def build(cells) -> nbformat.NotebookNode:
+def build(cells, name: str = "") -> nbformat.NotebookNode:
+  if name:
+    title, *rest = cells
+    cells = [(title[0], title[1].replace("\n\n", f"\n\n{colab_badge(name)}"
+                                         "\n\n", 1)), *rest]
   nb = v4.new_notebook()
   nb.cells = [v4.new_markdown_cell(src) if kind == "md" else
               v4.new_code_cell(src) for kind, src in cells]
@@ -528,25 +555,43 @@ def execute(nb, size: str, cwd: str, timeout: int = 600):
   return nb
 
 
+HEADER_CELLS = 3     # title (with the badge), install note, install cell
+
+
+def refresh_headers(built: nbformat.NotebookNode, path: pathlib.Path) -> None:
+  """Writes `built`'s header cells into the executed notebook at `path`."""
+  nb = nbformat.read(str(path), as_version=4)
+  for i in range(HEADER_CELLS):
+    nb.cells[i].source = built.cells[i].source
+  nbformat.write(nb, str(path))
+  print("refreshed", path)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--execute", action="store_true")
   parser.add_argument("--size", default="full", choices=["small", "full"])
   parser.add_argument("--only", default=None, help="one notebook's name")
   parser.add_argument("--out", default=str(HERE))
+  parser.add_argument("--refresh_headers", action="store_true",
+                      help="rewrite only the title and install cells of the "
+                      "committed notebooks (their outputs are kept)")
   args = parser.parse_args(argv)
   import tempfile  # pylint: disable=g-import-not-at-top
   for name, cells in NOTEBOOKS.items():
     if args.only and name != args.only:
       continue
-    nb = build(cells)
+    nb = build(cells, name)
+    path = pathlib.Path(args.out) / f"{name}.ipynb"
+    if args.refresh_headers:
+      refresh_headers(nb, path)
+      continue
     if args.execute:
       start = time.perf_counter()
       with tempfile.TemporaryDirectory() as cwd:
         execute(nb, args.size, cwd)
       print(f"{name}: executed ({args.size}) in "
             f"{time.perf_counter() - start:.0f} s")
-    path = pathlib.Path(args.out) / f"{name}.ipynb"
     nbformat.write(nb, str(path))
     print("wrote", path)
   return 0

@@ -19,7 +19,7 @@ import time
 
 from attractor_jax import models
 from attractor_jax.configs import lm
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import checks as lm_checks
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
 
@@ -59,7 +59,7 @@ def parameter_count(overrides: dict) -> int:
   """Parameters of the model that `overrides` give the embedded default."""
   config = config_with(overrides, seed=0, steps=1)
   return models.parameter_count(
-      experiment.model_config_from(config, config.data.vocab_size))
+      lm_checks.model_config_from(config, config.data.vocab_size))
 
 
 def train(name: str, overrides: dict, seed: int, steps: int,
@@ -242,7 +242,7 @@ def setup_line(runs: list[dict], args, baseline: str) -> str:
           f"difference to {baseline} (same seed: same split, batches and "
           f"data order) with its sem. Last words: LAMBADA-style, the last "
           f"word of each held-out paragraph (about {words:.0f} words per "
-          "seed, attractor_jax/training/last_word.py): perplexity of the "
+          "seed, attractor_jax/tasks/lm/last_word.py): perplexity of the "
           "word (all its tokens) and top-1 accuracy.")
 
 

@@ -19,8 +19,8 @@ import os
 import statistics
 import sys
 
-from attractor_jax.training import evaluation
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import evaluation
+from attractor_jax.tasks.lm import data as lm_data
 from attractor_jax.training import trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ VARIANTS = {"looped": {"model.preset": "looped-tiny"},
 def sweep(workdir: str, depths) -> list[dict]:
   """Exact-depth perplexities of the model trained in `workdir`."""
   trained, tokenizer, config = trainer.load_trained(workdir)
-  batches = experiment.prepare_validation(config, workdir, tokenizer)
+  batches = lm_data.prepare_validation(config, workdir, tokenizer)
   return evaluation.depth_sweep(trained.model, batches, depths, exact=True)
 
 

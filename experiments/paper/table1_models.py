@@ -20,7 +20,7 @@ import os
 import sys
 
 from attractor_jax.models import flops
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import checks as lm_checks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -32,7 +32,7 @@ VARIANTS = {"gpt": {"model.preset": "gpt-tiny"},
 
 def flops_per_token(name: str, iterations: float) -> float:
   config = common.config_with(VARIANTS[name], seed=0, steps=1)
-  model_config = experiment.model_config_from(config, config.data.vocab_size)
+  model_config = lm_checks.model_config_from(config, config.data.vocab_size)
   solver_iterations = iterations if iterations == iterations else None
   return flops.train_flops_per_token(model_config, config.data.seq_len,
                                      solver_iterations)

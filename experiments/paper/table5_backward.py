@@ -23,7 +23,7 @@ import sys
 import jax
 
 from attractor_jax.configs import lm
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import checks as lm_checks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -36,7 +36,7 @@ def step_memory(mode: str) -> int | None:
   """Compiled temporary bytes of the default model's loss-and-gradient."""
   config = lm.get_config()
   config.solve.backward = mode
-  model_config = experiment.model_config_from(config,
+  model_config = lm_checks.model_config_from(config,
                                               config.data.vocab_size)
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]
                          / "benchmarks"))

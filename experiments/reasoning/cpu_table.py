@@ -24,7 +24,7 @@ import time
 
 MODELS = ("tiny", "trm-tiny", "transformer-tiny")
 # The tiers of attractor_jax.puzzles.sudoku.TIERS and
-# attractor_jax.training.puzzle_data.MAZE_TIERS, easiest first.
+# attractor_jax.tasks.puzzles.data.MAZE_TIERS, easiest first.
 TIERS = {"sudoku": ["easy", "medium", "hard", "extreme"],
          "maze": ["111-120", "121-140", "141+"]}
 NAMES = {"tiny": "Attractor reasoner", "trm-tiny": "TRM",

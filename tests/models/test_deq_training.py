@@ -14,7 +14,7 @@ from attractor_jax.models import registry
 from attractor_jax.training import metrics
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
-from attractor_jax.training.lm_task import LMTask
+from attractor_jax.tasks.lm import LMTask
 
 SEQ = 16
 

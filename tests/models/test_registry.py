@@ -24,8 +24,8 @@ from attractor_jax.models.config import GPTConfig
 from attractor_jax.models.config import LoopedConfig
 from attractor_jax.models.config import ModelConfig
 from attractor_jax.nn.attractor_head import SolveConfig
-from attractor_jax.training import experiment
-from attractor_jax.training import lm_task
+from attractor_jax.tasks.lm import checks as lm_checks
+from attractor_jax.tasks.lm import task as lm_task
 from attractor_jax.training import optimizers
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
@@ -90,7 +90,7 @@ def test_presets_are_their_kinds_registered_config_class():
   config = lm.get_config()
   config.model.preset = "looped-tiny"
   config.model.mean_depth = 3
-  model_config = experiment.model_config_from(config, 300)
+  model_config = lm_checks.model_config_from(config, 300)
   assert type(model_config) is LoopedConfig
   assert (model_config.mean_depth, model_config.vocab_size) == (3, 300)
 

@@ -21,9 +21,11 @@ from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.parallel import mesh as mesh_lib
 from attractor_jax.parallel import state as state_lib
 from attractor_jax.training import checkpoints
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import checks as lm_checks
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
+
+import tiny_configs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 VOCAB = 64
@@ -221,14 +223,12 @@ def test_command_line_sets_scan_layers_and_remat():
       "config", str(ROOT / "attractor_jax/configs/lm.py"),
       flag_values=flag_values, lock_config=True, sys_argv=argv)
   flag_values(argv)
-  config = experiment.model_config_from(holder.value, VOCAB)
+  config = lm_checks.model_config_from(holder.value, VOCAB)
   assert config.scan_layers is True and config.remat == "dots"
 
 
 def test_training_with_scanned_layers_lowers_the_loss(tmp_path):
-  tiny_config = load_module(
-      "trainer_tests", "tests/training/test_trainer.py").tiny_config
-  config = tiny_config(total_steps=8)
+  config = tiny_configs.lm_config(total_steps=8)
   config.model.num_layers = 2
   config.model.scan_layers = True
   config.model.remat = "dots"

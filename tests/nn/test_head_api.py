@@ -206,22 +206,14 @@ def test_linen_init_skips_the_solve_and_apply_runs_it():
   assert np.all(np.asarray(stats.iterations) > 0)
 
 
-def test_linen_init_skips_the_solve_through_the_old_path():
-  from attractor_jax.nn import linen as old  # pylint: disable=g-import-not-at-top
-  head = old.attractor_head_linen(SPEC, 1, SOLVE)
+def test_linen_init_skips_the_solve_of_a_head_built_from_a_spec():
+  from attractor_jax import linen as attractor_linen  # pylint: disable=g-import-not-at-top
+  head = attractor_linen.attractor_head_linen(SPEC, 1, SOLVE)
   c = random((2, SEQ, DIM))
   (_, stats), variables = jax.jit(head.init_with_output)(jax.random.key(0), c)
   assert int(stats.num_f_evals) == 0
   _, stats = jax.jit(head.apply)(variables, c)
   assert int(stats.num_f_evals) > 0
-
-
-def test_old_linen_path_is_an_alias_of_attractor_jax_linen():
-  from attractor_jax import linen as attractor_linen  # pylint: disable=g-import-not-at-top
-  from attractor_jax.nn import linen as old  # pylint: disable=g-import-not-at-top
-  for name in ("attractor_head", "attractor_head_linen", "language_model_linen",
-               "attractor_lm_linen", "to_linen", "ToLinen"):
-    assert getattr(old, name) is getattr(attractor_linen, name)
 
 
 def test_top_level_exports():

@@ -19,8 +19,6 @@ in the current directory, and evaluate and generate read the run back.
 import contextlib
 import json
 import os
-import pathlib
-import sys
 
 from etils import epath
 from etils.epath import testing as epath_testing
@@ -30,17 +28,17 @@ import pytest
 from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
-from attractor_jax.training import evaluation
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import evaluation
+from attractor_jax.tasks.lm import checks as lm_checks
+from attractor_jax.tasks.lm import data as lm_data
+from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import metrics
 from attractor_jax.training import remote_lock
 from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
 
-from test_trainer import tiny_config
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import command_modules  # pylint: disable=g-import-not-at-top,wrong-import-position
+import command_modules
+from tiny_configs import lm_config as tiny_config
 
 WORKDIR = "gs://bucket/run"
 
@@ -185,7 +183,7 @@ def test_a_run_on_gcs_writes_every_file_to_the_bucket(bucket, capsys):
   assert all(c[1].startswith(WORKDIR + "/") for c in bucket.gs_calls("open"))
 
   # What was written reads back through epath.
-  assert experiment.load_config(WORKDIR).total_steps == 4
+  assert workdir_lib.load_config(WORKDIR).total_steps == 4
   logged = metrics.read_jsonl(WORKDIR + "/metrics.jsonl")
   assert [r["step"] for r in logged if "loss" in r] == [2, 4]
   assert [s for s, _ in metrics.read_event_scalars(
@@ -228,15 +226,15 @@ def test_metric_writer_rewrites_the_object_on_resume(bucket):
 
 def test_bad_gcs_workdirs_are_clear_errors(bucket):
   with pytest.raises(errors.MissingPathError, match="gs://bucket/none"):
-    experiment.load_config("gs://bucket/none")
+    workdir_lib.load_config("gs://bucket/none")
   with pytest.raises(errors.MissingPathError,
                      match="No checkpoint in gs://bucket/none/checkpoints"):
-    experiment.check_checkpoint_exists("gs://bucket/none")
+    workdir_lib.check_checkpoint_exists("gs://bucket/none")
   with pytest.raises(errors.MissingPathError, match="does not exist"):
     data_lib.load_tokenizer("gs://bucket/none/tokenizer.model")
   epath.Path("gs://bucket/object").write_text("not a folder")
   with pytest.raises(errors.ConfigError, match="is a file"):
-    experiment.validate_data(tiny_config(), "gs://bucket/object")
+    lm_checks.validate_data(tiny_config(), "gs://bucket/object")
 
 
 def test_a_tokenizer_reads_from_gcs_as_from_a_file(bucket, tmp_path):
@@ -270,8 +268,8 @@ def test_text_data_reads_from_gcs_as_from_a_folder(bucket, tmp_path):
   assert len(remote) >= len(documents)
   config = tiny_config()
   config.data.source, config.data.path = "text", "gs://bucket/corpus"
-  experiment.validate_data(config)                  # the path exists
-  assert experiment.load_documents(config.data) == remote
+  lm_checks.validate_data(config)                  # the path exists
+  assert lm_data.load_documents(config.data) == remote
   config.data.path = "gs://bucket/none"
   with pytest.raises(errors.MissingPathError, match="gs://bucket/none"):
-    experiment.validate_data(config)
+    lm_checks.validate_data(config)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from attractor_jax.training import checkpoints
-from attractor_jax.training import experiment
+from attractor_jax.training import tasks
+from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import metrics
 from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
-from test_trainer import tiny_config
+from tiny_configs import lm_config as tiny_config
 
 
 def guarded_config(total_steps=8):
@@ -127,12 +128,12 @@ def test_a_refused_resume_leaves_the_config_and_metrics_alone(tmp_path):
   config.log_every = 2
   workdir = str(tmp_path)
   trainer.train_and_evaluate(config, workdir, stop_at_step=4)
-  saved = (tmp_path / experiment.CONFIG_NAME).read_text()
+  saved = (tmp_path / workdir_lib.CONFIG_NAME).read_text()
   other = guarded_config(6)
   other.model.dim = 48
   with pytest.raises(checkpoints.ConfigMismatchError):
     trainer.train_and_evaluate(other, workdir)
-  assert (tmp_path / experiment.CONFIG_NAME).read_text() == saved
+  assert (tmp_path / workdir_lib.CONFIG_NAME).read_text() == saved
 
 
 def test_steps_redone_after_a_crash_are_logged_once(tmp_path):
@@ -160,8 +161,10 @@ def test_two_runs_of_one_config_give_the_same_losses(tmp_path):
 
 
 _TRAIN = """
+import os
 import sys
 sys.path.insert(0, sys.argv[2])
+sys.path.insert(0, os.path.dirname(sys.argv[2]))
 from test_run_guards import guarded_config
 from attractor_jax.training import run_guards, trainer
 config = guarded_config(int(sys.argv[3]))
@@ -237,16 +240,16 @@ def test_evaluation_falls_back_past_a_truncated_checkpoint(tmp_path):
 
 
 def test_a_resume_may_change_what_leaves_the_parameters_alone(tmp_path):
-  experiment.save_config(guarded_config(2), str(tmp_path))
+  workdir_lib.save_config(guarded_config(2), str(tmp_path))
   config = guarded_config(2)
   config.solve.tol = 1e-2                   # same parameters: accepted
   config.divergence.max_consecutive_bad_steps = 0
-  experiment.validate_config(config, str(tmp_path))
+  tasks.validate_config(config, str(tmp_path))
   config.model.num_layers = 2               # more arrays: refused
   with pytest.raises(checkpoints.ConfigMismatchError,
                      match="num_layers: saved 1, current 2"):
-    experiment.validate_config(config, str(tmp_path))
+    tasks.validate_config(config, str(tmp_path))
   config = guarded_config(2)
   config.divergence.max_loss_factor = -1.0
   with pytest.raises(ValueError, match="divergence.max_loss_factor"):
-    experiment.validate_config(config)
+    tasks.validate_config(config)

@@ -5,7 +5,7 @@ import pytest
 
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import trainer
-from test_trainer import tiny_config
+from tiny_configs import lm_config as tiny_config
 
 
 def test_the_aggregator_reduces_every_step_since_the_last_log():

@@ -10,31 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from attractor_jax.configs import lm
 from attractor_jax.training import checkpoints
-from attractor_jax.training import experiment
+from attractor_jax.tasks.lm import checks as lm_checks
+from attractor_jax.tasks.lm import data as lm_data
+from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
-
-
-def tiny_config(total_steps=6):
-  config = lm.get_config()
-  config.model.dim = 32
-  config.model.mlp_dim = 64
-  config.model.num_heads = 2
-  config.model.num_layers = 1
-  config.solve.max_iter = 6
-  config.data.vocab_size = 512
-  config.data.seq_len = 32
-  config.batch_size = 4
-  config.eval_batches = 1
-  config.total_steps = total_steps
-  config.log_every = 2
-  config.eval_every = 100
-  config.checkpoint_every = 2
-  config.depth_sweep = False
-  config.sample.num_tokens = 0
-  return config
+from tiny_configs import lm_config as tiny_config
 
 
 def final_checkpoint(workdir):
@@ -122,14 +104,14 @@ def test_bad_configs_give_clear_errors(tmp_path):
   config = tiny_config()
   config.model.preset = "attractor-14m"
   with pytest.raises(ValueError, match="attractor-140m"):
-    experiment.model_config_from(config)
+    lm_checks.model_config_from(config)
   config = tiny_config()
   config.data.source = "text"
   config.data.path = str(tmp_path / "no-such-corpus")
   with pytest.raises(FileNotFoundError, match="no-such-corpus"):
-    experiment.prepare_data(config, str(tmp_path))
+    lm_data.prepare_data(config, str(tmp_path))
   config.data.source = "parquet"
   with pytest.raises(ValueError, match="Unknown data source"):
-    experiment.load_documents(config.data)
+    lm_data.load_documents(config.data)
   with pytest.raises(FileNotFoundError, match="not a training workdir"):
-    experiment.load_config(str(tmp_path / "empty"))
+    workdir_lib.load_config(str(tmp_path / "empty"))
