@@ -4,6 +4,11 @@ import importlib.util
 import math
 import pathlib
 
+import pytest
+
+# The heavy tier (.ci/run): each test runs a benchmark script.
+pytestmark = pytest.mark.heavy
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -9,6 +9,9 @@ from test_benchmark_smoke import load_benchmark
 from attractor_jax import models
 from attractor_jax.models import flops
 
+# The heavy tier (.ci/run): the step benchmark, compiled several ways.
+pytestmark = pytest.mark.heavy
+
 
 def test_quick_step_benchmark_forces_iterations_and_counts_flops(capsys):
   benchmark = load_benchmark("lm_step_benchmark")

@@ -10,6 +10,9 @@ import shutil
 
 import pytest
 
+# The heavy tier (.ci/run): each test executes a notebook.
+pytestmark = pytest.mark.heavy
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

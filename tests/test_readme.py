@@ -70,6 +70,7 @@ def test_readme_has_an_nnx_and_a_linen_example_for_integrators():
   assert "@jax.jit" in linen_example
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("index", [0, 1], ids=["nnx", "linen"])
 def test_readme_integrator_example_runs(index):
   code = integrator_examples()[index]

@@ -177,6 +177,7 @@ def param_grads(model, loss_fn):
   return nnx.state(nnx.grad(loss_fn)(model), nnx.Param)
 
 
+@pytest.mark.heavy
 def test_looped_truncated_backprop_per_sequence():
   # One backprop step: sequence 0 (depth 1) gets its full gradient, sequence
   # 1 (depth 2) only that of its last step.

@@ -408,6 +408,7 @@ def test_cli_end_to_end_and_restore(tmp_path):
 # --------------------------------------------------- solver steps (iterations)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("solver", ["fpi", "anderson"])
 def test_public_max_iter_n_is_our_max_iter_n(solver):
   """Both outputs use the same N evaluations of f (ours spends one more on

@@ -27,6 +27,7 @@ def data(vocab):
           "segment_ids": jnp.ones((2, SEQ), jnp.int32)}
 
 
+@pytest.mark.heavy
 def test_training_loss_adds_the_weighted_jacobian_penalty():
   config = presets.get_preset("deq-tiny")
   assert config.jacobian_penalty == 1.0

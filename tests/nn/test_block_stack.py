@@ -82,6 +82,7 @@ def looped(request):
   return models.build_model(CONFIGS[request.param], rngs=nnx.Rngs(0))
 
 
+@pytest.mark.heavy
 def test_scanned_forward_and_gradients_equal_the_loop(looped):
   scanned = scanned_twin(looped)
   key = looped.config.LAYER_STACK
@@ -98,6 +99,7 @@ def test_scanned_forward_and_gradients_equal_the_loop(looped):
                block_stack.stack_layers(nnx.to_pure_dict(grads_l), key))
 
 
+@pytest.mark.heavy
 def test_every_remat_policy_gives_the_same_loss_and_gradients():
   looped = models.build_model(CONFIGS["gpt"], rngs=nnx.Rngs(0))
   x = tokens(1)
@@ -227,6 +229,7 @@ def test_command_line_sets_scan_layers_and_remat():
   assert config.scan_layers is True and config.remat == "dots"
 
 
+@pytest.mark.heavy
 def test_training_with_scanned_layers_lowers_the_loss(tmp_path):
   config = tiny_configs.lm_config(total_steps=8)
   config.model.num_layers = 2

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from test_mesh_and_rules import run_on_eight_devices
 
+# The heavy tier (.ci/run): a subprocess with eight host devices.
+pytestmark = pytest.mark.heavy
+
 SCRIPT = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np

@@ -58,6 +58,7 @@ def test_tier_quotas_add_up():
   assert sum(sudoku_build.tier_quotas(7)) == 7
 
 
+@pytest.mark.heavy
 def test_tiny_builds_with_one_seed_are_identical(tmp_path):
   effort = dataclasses.replace(sudoku_build.Effort(), steps=30, cut_step=10,
                                fresh=2)

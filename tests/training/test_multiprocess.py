@@ -20,7 +20,10 @@ import pytest
 
 from attractor_jax.training import metrics
 
-# The tiny model of test_trainer.tiny_config, as command-line overrides.
+# The heavy tier (.ci/run): several processes and the trainer's commands.
+pytestmark = pytest.mark.heavy
+
+# The tiny model of tiny_configs.lm_config, as command-line overrides.
 _OVERRIDES = {
     "model.dim": 32, "model.mlp_dim": 64, "model.num_heads": 2,
     "model.num_layers": 1, "solve.max_iter": 6, "data.vocab_size": 512,

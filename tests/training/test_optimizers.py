@@ -263,6 +263,7 @@ def test_adamw_and_muon_fit_a_toy_regression():
     assert losses[-1] < 0.3 * losses[0], (name, losses)
 
 
+@pytest.mark.heavy
 def test_training_an_attractor_lm_reduces_loss_and_skips_nan_gradients():
   model = tiny_model(out_init_scale=1.0)
   cfg = optimizers.OptimizerConfig(name="muon", lr=1e-2, schedule="trapezoid",

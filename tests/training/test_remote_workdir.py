@@ -40,6 +40,9 @@ from attractor_jax.training import trainer
 import command_modules
 from tiny_configs import lm_config as tiny_config
 
+# The heavy tier (.ci/run): whole runs against a fake bucket.
+pytestmark = pytest.mark.heavy
+
 WORKDIR = "gs://bucket/run"
 
 

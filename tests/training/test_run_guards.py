@@ -21,6 +21,9 @@ from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
 from tiny_configs import lm_config as tiny_config
 
+# The heavy tier (.ci/run): each test trains, and several kill or restart a run.
+pytestmark = pytest.mark.heavy
+
 
 def guarded_config(total_steps=8):
   config = tiny_config(total_steps)

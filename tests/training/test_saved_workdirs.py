@@ -5,6 +5,7 @@ import pathlib
 import shutil
 
 import numpy as np
+import pytest
 
 from attractor_jax.tasks.puzzles import data as puzzle_data
 from attractor_jax.tasks.puzzles import evaluation as puzzle_eval
@@ -12,6 +13,9 @@ from attractor_jax.training import metrics
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
 from attractor_jax.training import workdir as workdir_lib
+
+# The heavy tier (.ci/run): restores, evaluates and resumes saved runs.
+pytestmark = pytest.mark.heavy
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 SAVED = FIXTURES / "workdirs_8604c03"

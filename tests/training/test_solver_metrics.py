@@ -7,6 +7,9 @@ from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import trainer
 from tiny_configs import lm_config as tiny_config
 
+# The heavy tier (.ci/run): trains to count solver failures.
+pytestmark = pytest.mark.heavy
+
 
 def test_the_aggregator_reduces_every_step_since_the_last_log():
   aggregator = metrics_lib.StepAggregator()

@@ -31,6 +31,7 @@ def straight_run(tmp_path_factory):
   return workdir, trainer.train_and_evaluate(tiny_config(), str(workdir))
 
 
+@pytest.mark.heavy
 def test_resumed_run_is_bitwise_equal_to_a_straight_run(straight_run,
                                                           tmp_path):
   config = tiny_config()
@@ -85,6 +86,7 @@ def test_evaluate_and_generate_commands_read_the_workdir(straight_run):
   assert out.startswith("ROMEO:") and len(out.strip()) > len("ROMEO:")
 
 
+@pytest.mark.heavy
 def test_evaluate_scores_last_words_for_a_config_saved_before_them(
     straight_run, tmp_path):
   workdir = tmp_path / "old"

@@ -140,6 +140,7 @@ def test_looped_sweep_runs_t_loop_steps():
   assert len({row["loss"] for row in rows}) == 3
 
 
+@pytest.mark.heavy
 def test_validation_covers_the_whole_split_and_pads_the_last_batch(tmp_path):
   from tiny_configs import lm_config as tiny_config
   from attractor_jax import data as data_lib
@@ -168,6 +169,7 @@ def test_validation_covers_the_whole_split_and_pads_the_last_batch(tmp_path):
   assert result["sequences"] == len(rows)         # padding rows not counted
 
 
+@pytest.mark.heavy
 def test_exact_sweep_applies_the_map_exactly_t_times(model):
   batches = make_batches()
   exact = evaluation.depth_sweep(model, batches, depths=[0, 1, 3, 8],

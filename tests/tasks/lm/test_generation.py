@@ -64,6 +64,7 @@ def test_cached_forward_matches_the_full_forward(model, injection):
   assert int(cache["head"][0].length) == 10
 
 
+@pytest.mark.heavy
 def test_greedy_cached_and_uncached_generation_agree(model):
   cached, cached_logits = generation.generate(
       model, prompt(), 8, key=jax.random.PRNGKey(1), temperature=0.0,
@@ -96,6 +97,7 @@ def test_cache_overflow_is_an_error():
     kv_cache.check_room(10, 3, 12)
 
 
+@pytest.mark.heavy
 def test_decoding_past_a_full_cache_is_an_error(small_model):
   """Six tokens through caches of four positions (issue 7 item 6).
 

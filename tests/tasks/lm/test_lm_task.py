@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from attractor_jax.models import build_model
@@ -60,6 +61,7 @@ def test_train_step_reports_the_training_mode_loss():
   np.testing.assert_allclose(scalars["loss"], expected, rtol=1e-6)
 
 
+@pytest.mark.heavy
 def test_the_cached_train_step_updates_the_state_it_was_built_from():
   states = [trainer.create_train_state(
       looped_model().config, optimizers.OptimizerConfig(total_steps=10),
@@ -74,3 +76,32 @@ def test_the_cached_train_step_updates_the_state_it_was_built_from():
   for a, b in zip(jax.tree.leaves(states[0].pure()),
                   jax.tree.leaves(states[1].pure())):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_prints_validation_and_explains_the_last_word_line(
+    tmp_path, capsys, monkeypatch):
+  from attractor_jax.tasks.lm import evaluation  # pylint: disable=g-import-not-at-top
+  import tiny_configs  # pylint: disable=g-import-not-at-top
+  titles = []
+  write = evaluation.write_depth_sweep
+
+  def recording_write(rows, out_dir, name, title):
+    titles.append(title)
+    return write(rows, out_dir, name=name, title=title)
+
+  monkeypatch.setattr(evaluation, "write_depth_sweep", recording_write)
+  config = tiny_configs.lm_config(total_steps=2)
+  config.last_word_examples = 40
+  config.depth_sweep = True
+  summary = trainer.train_and_evaluate(config, str(tmp_path))
+  out = capsys.readouterr().out
+  loss = summary["validation"]["loss"]
+  assert f"step 2: validation loss {loss:.4f}, perplexity" in out
+  assert "Held-out last words (LAMBADA-style" in out
+  result = summary["last_word"]
+  assert result["tokens_per_word"] >= 1
+  assert result["chance_perplexity"] == pytest.approx(
+      config.data.vocab_size ** result["tokens_per_word"])
+  assert f"{result['chance_perplexity']:.3g} and accuracy ~0" in out
+  assert len(titles) == 2 and titles[0] != titles[1]
+  assert (tmp_path / "eval" / "depth_sweep_exact.png").is_file()

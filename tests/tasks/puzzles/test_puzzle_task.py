@@ -127,6 +127,7 @@ def test_slots_halt_at_the_last_segment_or_when_the_head_says_so():
   assert bool(jnp.all(state["halted"]))
 
 
+@pytest.mark.heavy
 def test_halted_slots_take_new_puzzles_and_restart_their_carry():
   config = reasoning.presets.get_preset("trm-tiny")
   model = reasoning.build(config, nnx.Rngs(0))

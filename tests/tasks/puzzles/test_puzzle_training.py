@@ -20,6 +20,9 @@ from attractor_jax.tasks.puzzles import evaluation as puzzle_eval
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
 
+# The heavy tier (.ci/run): whole puzzle runs through the trainer.
+pytestmark = pytest.mark.heavy
+
 TEST_PUZZLES = 24
 
 
