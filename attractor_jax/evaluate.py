@@ -19,9 +19,9 @@ from absl import flags
 from attractor_jax import commands
 from attractor_jax import errors
 from attractor_jax.parallel import distributed
-from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
+from attractor_jax.training import workdir as workdir_lib
 
 distributed.define_flags()    # --coordinator_address, --num_processes, ...
 

@@ -20,9 +20,9 @@ from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
 from attractor_jax.parallel import distributed
-from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.tasks.lm import task as lm_task
 from attractor_jax.training import trainer
+from attractor_jax.training import workdir as workdir_lib
 
 NO_TOP_K = -1
 

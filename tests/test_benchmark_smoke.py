@@ -74,3 +74,15 @@ def test_cpu_forms_benchmark_times_equal_forms_side_by_side(capsys):
   assert len(rows) == 6 and "LM loss: take_along_axis vs one-hot pick" in rows
   for name, (slow, fast) in rows.items():
     assert slow > 0 and fast > 0 and name in printed
+
+
+def test_config_costs_measures_a_shortened_run(capsys):
+  costs = load_benchmark("config_costs")
+  result = costs.measure(costs.CONFIGS["lm-default"] + [
+      "--config.last_word_examples=0", "--config.depth_sweep=False",
+      "--config.sample.num_tokens=0", "--config.eval_batches=1"], steps=2)
+  assert result["exit"] == 0, result["error"]
+  assert 0 < result["wall_s"] < 600
+  assert 0.2 < result["peak_gib"] < 8     # jax alone holds a few 100 MiB
+  bad = costs.measure(["--config.total_steps=-1"], steps=None)
+  assert bad["exit"] == 2 and "error:" in " ".join(bad["error"])

@@ -32,11 +32,11 @@ from attractor_jax import parallel
 from attractor_jax import solvers
 from attractor_jax.parallel import distributed
 from attractor_jax.training import checkpoints
-from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import metrics as metrics_lib
 from attractor_jax.training import optimizers
 from attractor_jax.training import run_guards
 from attractor_jax.training import tasks
+from attractor_jax.training import workdir as workdir_lib
 
 
 # What a checkpoint keeps of the model: its parameters and the counters of

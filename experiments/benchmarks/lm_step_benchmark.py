@@ -45,9 +45,9 @@ from attractor_jax.models import presets
 from attractor_jax.models import registry
 from attractor_jax.models.config import AttractorLMConfig
 from attractor_jax.nn.attractor_head import SolveConfig
+from attractor_jax.tasks.lm import LMTask
 from attractor_jax.training import optimizers
 from attractor_jax.training import trainer
-from attractor_jax.tasks.lm import LMTask
 
 PUBLIC_CPU = "public-cpu"
 # Dense peak FLOP/s by device kind (bfloat16; float32 on CPU is unknown).

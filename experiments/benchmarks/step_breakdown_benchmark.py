@@ -24,9 +24,9 @@ from flax import nnx
 from attractor_jax import models
 from attractor_jax.models import lm_common
 from attractor_jax.nn import blocks
+from attractor_jax.tasks.lm import LMTask
 from attractor_jax.training import optimizers
 from attractor_jax.training import trainer
-from attractor_jax.tasks.lm import LMTask
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lm_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -19,8 +19,8 @@ import os
 import statistics
 import sys
 
-from attractor_jax.tasks.lm import evaluation
 from attractor_jax.tasks.lm import data as lm_data
+from attractor_jax.tasks.lm import evaluation
 from attractor_jax.training import trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -11,10 +11,10 @@ from attractor_jax import errors
 from attractor_jax.models import build_model
 from attractor_jax.models import presets
 from attractor_jax.models import registry
+from attractor_jax.tasks.lm import LMTask
 from attractor_jax.training import metrics
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
-from attractor_jax.tasks.lm import LMTask
 
 SEQ = 16
 

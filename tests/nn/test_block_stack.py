@@ -20,8 +20,8 @@ from attractor_jax.nn import block_stack
 from attractor_jax.nn.attractor_head import SolveConfig
 from attractor_jax.parallel import mesh as mesh_lib
 from attractor_jax.parallel import state as state_lib
-from attractor_jax.training import checkpoints
 from attractor_jax.tasks.lm import checks as lm_checks
+from attractor_jax.training import checkpoints
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
 

@@ -28,14 +28,14 @@ import pytest
 from attractor_jax import commands
 from attractor_jax import data as data_lib
 from attractor_jax import errors
-from attractor_jax.tasks.lm import evaluation
 from attractor_jax.tasks.lm import checks as lm_checks
 from attractor_jax.tasks.lm import data as lm_data
-from attractor_jax.training import workdir as workdir_lib
+from attractor_jax.tasks.lm import evaluation
 from attractor_jax.training import metrics
 from attractor_jax.training import remote_lock
 from attractor_jax.training import run_guards
 from attractor_jax.training import trainer
+from attractor_jax.training import workdir as workdir_lib
 
 import command_modules
 from tiny_configs import lm_config as tiny_config

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from attractor_jax.training import checkpoints
-from attractor_jax.training import tasks
-from attractor_jax.training import workdir as workdir_lib
 from attractor_jax.training import metrics
 from attractor_jax.training import run_guards
+from attractor_jax.training import tasks
 from attractor_jax.training import trainer
+from attractor_jax.training import workdir as workdir_lib
 from tiny_configs import lm_config as tiny_config
 
 # The heavy tier (.ci/run): each test trains, and several kill or restart a run.

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from attractor_jax.training import checkpoints
 from attractor_jax.tasks.lm import checks as lm_checks
 from attractor_jax.tasks.lm import data as lm_data
-from attractor_jax.training import workdir as workdir_lib
+from attractor_jax.training import checkpoints
 from attractor_jax.training import metrics
 from attractor_jax.training import trainer
+from attractor_jax.training import workdir as workdir_lib
 from tiny_configs import lm_config as tiny_config
 
 

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from attractor_jax.data import IGNORE_INDEX
 from attractor_jax import parallel
+from attractor_jax.data import IGNORE_INDEX
 from attractor_jax.models import lm_common
 from attractor_jax.parallel import mesh as mesh_lib
 

@@ -35,10 +35,10 @@ import numpy as np
 import optax
 
 from attractor_jax import errors
+from attractor_jax.configs import puzzle as puzzle_configs
 from attractor_jax.models import lm_common
 from attractor_jax.models import reasoning
 from attractor_jax.parallel import distributed
-from attractor_jax.configs import puzzle as puzzle_configs
 from attractor_jax.tasks.puzzles import data as puzzle_data
 from attractor_jax.tasks.puzzles import evaluation as puzzle_eval
 from attractor_jax.training import config_checks

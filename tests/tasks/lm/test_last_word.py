@@ -17,7 +17,7 @@ FILLER = "one two three four five six seven"
 class CharTokenizer:
   """One token per non-space character (ids 3..), eos 1, pad 0."""
   eos_id, pad_id = 1, 0
-  vocab = 64
+  vocab = vocab_size = 64
 
   def encode(self, text):
     return [3 + (ord(ch) % 61) for ch in text if not ch.isspace()]
@@ -91,6 +91,7 @@ class WordTokenizer:
   """Word pieces that carry the whitespace before them (" there"), as
   SentencePiece's do; a trailing space is a piece of its own."""
   eos_id, pad_id = 1, 0
+  vocab_size = 64
 
   def __init__(self):
     self.ids = {}

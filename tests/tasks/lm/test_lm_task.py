@@ -8,10 +8,10 @@ from flax import nnx
 
 from attractor_jax.models import build_model
 from attractor_jax.models.config import LoopedConfig
+from attractor_jax.tasks.lm import LMTask
 from attractor_jax.training import optimizers
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
-from attractor_jax.tasks.lm import LMTask
 
 VOCAB, SEQ = 64, 16
 

@@ -14,9 +14,9 @@ from attractor_jax import errors
 from attractor_jax.configs import maze as maze_configs
 from attractor_jax.configs import sudoku as sudoku_configs
 from attractor_jax.models import reasoning
-from attractor_jax.training import checkpoints
 from attractor_jax.tasks.puzzles import data as puzzle_data
 from attractor_jax.tasks.puzzles import evaluation as puzzle_eval
+from attractor_jax.training import checkpoints
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
 
