@@ -480,6 +480,60 @@ class AttractorHead(nnx.Module):
     return self.map_output(
         y, c, self.residual(self.branch_input(y, c), **context))
 
+  def iterate(self, c: jax.Array, count: Any, *,
+              y0: Optional[jax.Array] = None, **context) -> jax.Array:
+    """`count` applications of the map from y0 (default c): the head run as
+    a looped (weight-tied, fixed-count) network.
+
+    `count` may be traced (a `fori_loop`), so no gradient flows through
+    this; use `progressive` to train.
+    """
+    y = c if y0 is None else y0
+    return jax.lax.fori_loop(0, count,
+                             lambda _, y: self.map(y, c, **context), y)
+
+  def progressive(self, c: jax.Array, *, key: jax.Array, max_warm: int,
+                  steps: int, y0: Optional[jax.Array] = None,
+                  **context) -> jax.Array:
+    """Progressive (truncated, randomly warm-started) training's forward.
+
+    n ~ U{0, ..., max_warm - 1} applications of the map from y0 (default
+    c) under stop_gradient, then `steps` applications with gradients; a
+    loss on the result trains the map to make progress from any point of
+    its own trajectory, which is what keeps it improving when run longer
+    than in training (Bansal et al. 2022, "incremental progress
+    training"). Training needs no solver: for tasks where the implicit
+    gradient through an unconverged solve fails to train. Solve with
+    `__call__` at test time.
+
+    Args:
+      c: the proposal `[batch, ..., dim]`.
+      key: draws n (one n for the whole batch).
+      max_warm: n is drawn below it (>= 1; 1: no warm start).
+      steps: applications with gradients (>= 1), unrolled.
+      y0: the start (default c).
+      **context: keyword arguments of the residual modules.
+
+    Returns:
+      y after n + steps applications (float32 or wider, as the solve's).
+    """
+    if max_warm < 1 or steps < 1:
+      raise ValueError(f"max_warm and steps must be >= 1; got {max_warm} "
+                       f"and {steps}.")
+    state_dtype = jnp.result_type(jnp.float32, c.dtype)
+    c = c.astype(state_dtype)
+    y = c if y0 is None else y0.astype(state_dtype)
+    n = jax.random.randint(key, (), 0, max_warm)
+    # Detach the inputs, not only the result: a loop with a traced trip count
+    # cannot be differentiated in reverse, so no tangent may enter it.
+    graphdef, state = nnx.split(self)
+    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+    y = frozen.iterate(jax.lax.stop_gradient(c), n,
+                       y0=jax.lax.stop_gradient(y), **context)
+    for _ in range(steps):
+      y = self.map(y, c, **context)
+    return y
+
   def map_cached(self, y: jax.Array, c: jax.Array, positions: jax.Array,
                  caches: Sequence[KVCache]):
     """f(y; c) for new positions attending over cached head keys/values.

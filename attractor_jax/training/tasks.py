@@ -54,6 +54,7 @@ STEP_KEY = "step"
 _TASKS: dict[str, Any] = {
     "lm": "attractor_jax.tasks.lm:LMTask",
     "puzzle": "attractor_jax.tasks.puzzles:PuzzleTask",
+    "extrapolation": "attractor_jax.tasks.extrapolation:ExtrapolationTask",
 }
 
 
@@ -68,6 +69,9 @@ class Task:
   progress_unit = "tok"
   # Whether `loss` hands batch[PROBE_KEY] to the model's fixed-point solve.
   uses_backward_probe = False
+  # Keyword arguments of `evaluate_workdir` beyond eval_batches that
+  # `python -m attractor_jax.evaluate` may pass (its --test_sizes, --max_iter).
+  evaluate_options: tuple[str, ...] = ()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "Task":
@@ -149,10 +153,12 @@ class Task:
 
   def evaluate_workdir(self, config: ml_collections.ConfigDict, workdir: str,
                        trained, assets: Any, *,
-                       eval_batches: Optional[int] = None) -> dict[str, Any]:
+                       eval_batches: Optional[int] = None, **options
+                       ) -> dict[str, Any]:
     """`python -m attractor_jax.evaluate`: evaluates a restored model
     (`trainer.TrainedModel`), prints and writes the results under
-    workdir/eval/, and returns them."""
+    workdir/eval/, and returns them. `options`: those of
+    `evaluate_options` the command was given."""
     raise NotImplementedError
 
 

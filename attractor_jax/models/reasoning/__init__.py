@@ -2,12 +2,15 @@
 
 Every kind has the same interface (see `common`): `initial_carry(batch)`,
 `model(inputs, carry, puzzle_ids=..., train=...) -> (carry, SegmentOutput)`
-for one deep-supervision segment, and `config.max_segments`.
+for one deep-supervision segment, and `config.max_segments`. `conv` holds
+the size-agnostic convolutional reasoners of the extrapolation task (their
+own interface: `model(inputs, max_iter=...) -> (logits, stats)`).
 
     config = presets.get_preset("attractor-reasoner-tiny")
     model = build(config, nnx.Rngs(0))
 """
 
+from attractor_jax.models.reasoning import conv
 from attractor_jax.models.reasoning import presets
 from attractor_jax.models.reasoning.attractor_reasoner import AttractorReasoner
 from attractor_jax.models.reasoning.common import detach
