@@ -12,7 +12,8 @@ notebooks). `slow` tests run only when asked for (`-m slow`).
 
 import pytest
 
-# The README's promise for the first tier, shown before the first test runs.
+# The README's first tier, and its promise, shown before the first test runs.
+FIRST_TIER = "not slow and not heavy"
 FIRST_TIER_MINUTES = 5
 
 _announced = False
@@ -25,7 +26,7 @@ def _announce(config, count: int) -> None:
   _announced = True
   markers = config.getoption("markexpr") or "all"
   line = f"{count} tests selected (-m {markers!r})"
-  if "not heavy" in markers:
+  if markers == FIRST_TIER:
     line += (f"; expect at most {FIRST_TIER_MINUTES} minutes on 2 idle "
              "cores. The heavy tier: -m \"heavy and not slow\"")
   reporter = config.pluginmanager.get_plugin("terminalreporter")
