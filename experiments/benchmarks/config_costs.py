@@ -27,6 +27,8 @@ CONFIGS = {
     "lm-default": [],
     "sudoku-tiny": ["--config=attractor_jax/configs/sudoku.py:tiny"],
     "maze-tiny": ["--config=attractor_jax/configs/maze.py:tiny"],
+    "prefix-sums": ["--config=attractor_jax/configs/extrapolation.py:"
+                    "prefix-sums"],
 }
 
 
