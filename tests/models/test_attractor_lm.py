@@ -32,6 +32,7 @@ def tokens(seed=0, batch=2):
   return jax.random.randint(jax.random.PRNGKey(seed), (batch, SEQ), 0, VOCAB)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("dtype", ("float32", "bfloat16"))
 def test_shapes_dtypes_and_a_converged_head_at_init(dtype):
   model = build(dtype=dtype)
@@ -46,6 +47,7 @@ def test_shapes_dtypes_and_a_converged_head_at_init(dtype):
   assert bool(jnp.all(out.head_contribution > 0))
 
 
+@pytest.mark.heavy
 def test_default_head_is_not_the_constant_map_and_its_gates_learn():
   model = attractor_lm.AttractorLM(
       ModelConfig(vocab_size=VOCAB, dim=32, num_heads=2, mlp_dim=64,
@@ -78,6 +80,7 @@ def test_changing_a_future_token_changes_no_earlier_logit():
   assert float(jnp.min(jnp.max(delta[:, 7:], axis=0))) > 1e-3
 
 
+@pytest.mark.heavy
 def test_segments_of_a_packed_sequence_do_not_see_each_other():
   model = build(solve=TIGHT)
   x = tokens()

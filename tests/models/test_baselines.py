@@ -62,6 +62,7 @@ def test_build_model_returns_the_class_of_every_kind():
     assert type(model) is cls
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", BASELINES)
 def test_outputs_and_causal_masking(kind):
   config = tiny(kind, out_init_scale=1.0, solve=TIGHT)
@@ -89,6 +90,7 @@ def toy_task():
   return sequence[:, :-1], sequence[:, 1:]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", BASELINES)
 def test_loss_falls_in_training(kind):
   # A one-block core at mean depth 2 keeps the looped model's compile short.
@@ -115,6 +117,7 @@ def test_loss_falls_in_training(kind):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.heavy
 def test_looped_depths_vary_per_sequence_and_are_reproducible():
   model = looped_model()
   depths = model.sample_depths(jax.random.key(0), 16)
@@ -134,6 +137,7 @@ def test_looped_depths_vary_per_sequence_and_are_reproducible():
     model(tokens, train=True)
 
 
+@pytest.mark.heavy
 def test_looped_evaluation_depth_and_per_sequence_freeze():
   model = looped_model(3)
   tokens = random_tokens(3)
@@ -208,6 +212,7 @@ def test_looped_truncated_backprop_per_sequence():
   assert float(jnp.abs(truncated["embed"]["embedding"][...]).max()) > 0
 
 
+@pytest.mark.heavy
 def test_deq_converges_from_a_zero_start_and_is_untied():
   model = DEQ(tiny("deq", out_init_scale=1.0,
                    solve=SolveConfig(max_iter=32, tol=1e-3)),
@@ -234,6 +239,7 @@ def test_deq_converges_from_a_zero_start_and_is_untied():
   np.testing.assert_array_equal(zero.stats.iterations, 0)
 
 
+@pytest.mark.heavy
 def test_deq_with_tied_unembedding_reads_the_embedding():
   config = tiny("deq", out_init_scale=1.0, tie_embeddings=True)
   model = DEQ(config, rngs=nnx.Rngs(6))

@@ -256,6 +256,7 @@ def test_key_equalities():
     ("half", 1, 2.0, 0.5, 0.75),      # permuted q/k, GQA, folded scales
     ("interleaved", H, 1.0, 1.0, 1.0),  # public gamma_max 0.75 -> ours 1.0
 ])
+@pytest.mark.heavy
 def test_matches_public_reference(rope, n_kv, emb_scale, logit_scale,
                                   gate_max):
   t, model = reference_case(rope, n_kv, emb_scale, logit_scale, gate_max)
@@ -368,6 +369,7 @@ def test_load_into_model_reports_mismatches():
     torch_import.load_into_model(model, params)
 
 
+@pytest.mark.heavy
 def test_cli_end_to_end_and_restore(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   t, expected = reference_case()

@@ -54,6 +54,7 @@ def test_training_loss_adds_the_weighted_jacobian_penalty():
     config.replace(jacobian_penalty=-1.0)
 
 
+@pytest.mark.heavy
 def test_penalty_gradient_reaches_the_core():
   config = presets.get_preset("deq-tiny")
   model = build_model(config, rngs=nnx.Rngs(0))

@@ -41,6 +41,7 @@ def solve_stats(config, seed=0):
   return out, model
 
 
+@pytest.mark.heavy
 def test_float32_head_in_a_bfloat16_model_reaches_the_preset_tolerance():
   out, model = solve_stats(head_heavy_config(dtype="bfloat16",
                                              head_dtype="float32"))

@@ -53,6 +53,7 @@ def test_every_preset_is_expected():
   assert set(presets.list_presets()) == set(EXPECTED)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", presets.list_presets())
 def test_parameter_count_matches_stated_size(name):
   count = count_params(name)

@@ -86,6 +86,7 @@ def flat(tree):
   return jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(tree)])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", KINDS)
 def test_segment_shapes_and_dtypes(kind):
   model = build(kind)
@@ -123,6 +124,7 @@ def test_attention_is_not_causal(kind):
   assert bool(jnp.all(jnp.max(first_cell_change, axis=-1) > 1e-4))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", ("trm", "attractor_reasoner"))
 def test_carry_moves_and_a_second_segment_differs(kind):
   model = build(kind)
@@ -140,6 +142,7 @@ def test_carry_moves_and_a_second_segment_differs(kind):
   np.testing.assert_array_equal(reset.z[1], carry2.z[1])
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_parameter_that_should_learn_gets_a_finite_gradient(kind):
   model = build(kind)
@@ -218,6 +221,7 @@ def test_reasoner_solve_converges_and_warm_starts_save_iterations():
               warm_second.stats.iterations, cold_second.stats.iterations)
 
 
+@pytest.mark.heavy
 def test_reasoner_depth_zero_keeps_the_start_and_depth_is_swept():
   model = build("attractor_reasoner")
   carry0 = model.initial_carry(BATCH)
@@ -317,6 +321,7 @@ def test_puzzle_ids_select_embeddings_and_unseen_ids_read_as_unknown():
   np.testing.assert_allclose(default.logits[0], out.logits[0], atol=1e-5)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", (
     pytest.param("trm", marks=pytest.mark.slow),
     pytest.param("attractor_reasoner", marks=pytest.mark.slow),
@@ -445,6 +450,7 @@ def test_every_preset_is_counted():
   assert set(presets.list_presets()) == set(EXPECTED_PARAMS)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
 def test_preset_parameter_counts(name):
   config = presets.get_preset(name)

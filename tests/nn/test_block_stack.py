@@ -118,6 +118,7 @@ def test_every_remat_policy_gives_the_same_loss_and_gradients():
   assert_close(grads_u, grads)
 
 
+@pytest.mark.heavy
 def test_cached_decoding_with_a_scanned_backbone():
   looped = models.build_model(CONFIGS["attractor"], rngs=nnx.Rngs(0))
   scanned = scanned_twin(looped)

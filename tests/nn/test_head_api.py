@@ -54,6 +54,7 @@ def change_per_token(head, c, token, positions=None):
   return np.asarray(jnp.max(jnp.abs(changed - out), axis=(0, 2)))
 
 
+@pytest.mark.heavy
 def test_create_requires_causal_and_starts_away_from_the_constant_map():
   with pytest.raises(TypeError, match="causal"):
     attractor_head.AttractorHead.create(dim=DIM, num_heads=2, mlp_dim=16,
@@ -104,6 +105,7 @@ def test_rotary_can_be_switched_off():
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("shape", [(3, DIM), (2, 3, 4, DIM)])
 def test_mlp_only_head_takes_any_leading_shape(shape):
   head = make_head(causal=False, attention=False, num_heads=None)
@@ -227,6 +229,7 @@ def test_top_level_exports():
     attractor_jax.NoSuchThing  # pylint: disable=pointless-statement
 
 
+@pytest.mark.heavy
 def test_linen_docstring_example_runs():
   from attractor_jax import linen as attractor_linen  # pylint: disable=g-import-not-at-top
   doc = attractor_linen.__doc__
@@ -238,6 +241,7 @@ def test_linen_docstring_example_runs():
   assert namespace["out"].shape == (4, 1)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("injection", tuple(attractor_head.INJECTIONS))
 def test_each_injection_is_the_map_it_names(injection):
   head = make_head(causal=True, injection=injection)

@@ -51,6 +51,7 @@ class LinenRegressor(nn.Module):
     return nn.Dense(1)(y)
 
 
+@pytest.mark.heavy
 def test_head_trains_inside_an_nnx_model():
   x, target = regression_data()
   model = NNXRegressor(nnx.Rngs(0))
@@ -74,6 +75,7 @@ def test_head_trains_inside_an_nnx_model():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.heavy
 def test_head_trains_inside_a_linen_model():
   x, target = regression_data()
   model = LinenRegressor()
@@ -104,6 +106,7 @@ def test_head_trains_inside_a_linen_model():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.heavy
 def test_attractor_lm_through_the_linen_bridge():
   config = ModelConfig(kind="attractor", vocab_size=64, dim=32, num_heads=2,
                        mlp_dim=64, num_layers=1, head_layers=1,

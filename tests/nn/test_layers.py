@@ -304,6 +304,7 @@ def test_qk_norm_eps_defaults_to_norm_eps_and_can_be_set():
     ((2, 3, 8), (8, 2, 4), 1, "btd,dnh->btnh"),
     ((2, 3, 2, 4), (2, 4, 8), 2, "btnh,nhd->btd"),
 ])
+@pytest.mark.heavy
 def test_dense_is_the_einsum_and_so_is_its_gradient(x_shape, kernel_shape,
                                                      contract, spec):
   x, kernel = random(x_shape, 1), random(kernel_shape, 2)
@@ -330,6 +331,7 @@ def test_causal_self_attention_splits_queries_into_blocks_of_64_or_more(
   assert attention._query_blocks(seq) == blocks
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("seq", [8, 64, 65, 128, 256])
 @pytest.mark.parametrize("packed", [False, True])
 def test_causal_self_attention_in_blocks_equals_the_full_mask(seq, packed):

@@ -330,6 +330,7 @@ def eight_devices():
   return run_on_eight_devices(MULTI_DEVICE_SCRIPT, os.path.abspath(__file__))
 
 
+@pytest.mark.heavy
 def test_meshes_on_eight_devices(eight_devices):
   assert eight_devices["devices"] == 8
   assert eight_devices["mesh_default"] == {"data": 8, "fsdp": 1, "tensor": 1}

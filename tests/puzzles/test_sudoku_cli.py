@@ -21,6 +21,7 @@ def _run(*args, stdin=None):
       input=stdin, capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.heavy
 def test_rate_prints_one_json_object_per_puzzle_in_order(tmp_path):
   unique = sudoku.FAMOUS["AI Escargot"].replace(".", "0")
   path = tmp_path / "puzzles.txt"

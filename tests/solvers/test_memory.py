@@ -48,6 +48,7 @@ def _temp_bytes(backward, max_iter, solver):
 @pytest.mark.parametrize("backward,solver", [
     ("implicit", "anderson"), ("onestep", "anderson"),
 ])
+@pytest.mark.heavy
 def test_memory_is_flat_in_max_iter(backward, solver):
   few, many = (_temp_bytes(backward, n, solver) for n in STEPS)
   state_bytes = BATCH * DIM * 4

@@ -49,6 +49,7 @@ def test_unbatched_state_is_refused_with_the_fix():
     assert "y0[None]" in str(error.value)
 
 
+@pytest.mark.heavy
 def test_batched_false_solves_the_whole_state_as_one_example():
   w, b = _deq_problem()
   tol = 1e-4

@@ -47,6 +47,7 @@ def tanh_problem(seed=1):
   return w, c
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_reaches_closed_form_fixed_point_of_linear_map(name):
   a, c, y_star = linear_problem(radius=0.8)
@@ -93,6 +94,7 @@ def test_accelerated_solvers_need_fewer_evaluations_than_picard(name):
       int(fast.num_f_evals), int(picard.num_f_evals))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_each_example_stops_at_its_own_iteration_and_stays_frozen(name):
   # Example 0 starts at its fixed point; example 1 contracts slowly.
@@ -136,6 +138,7 @@ def test_map_without_fixed_point_is_reported_not_converged(name):
   assert bool(jnp.all(jnp.isfinite(y)))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_nan_is_flagged_and_does_not_poison_other_examples(name):
   w, c = tanh_problem()
@@ -179,6 +182,7 @@ def test_max_iter_zero_returns_y0_without_evaluating_f():
   assert len(calls) <= 1
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_jit_and_vmap_give_the_same_solution(name):
   w, c = tanh_problem()
@@ -196,6 +200,7 @@ def test_jit_and_vmap_give_the_same_solution(name):
                              np.asarray(solve(w, 0.5 * c)), atol=1e-6)
 
 
+@pytest.mark.heavy
 def test_solve_and_unrolled_solve_agree():
   w, c = tanh_problem()
   f = lambda y: tanh_map(w, y, c)
@@ -209,6 +214,7 @@ def test_solve_and_unrolled_solve_agree():
                                   np.asarray(s_scan.iterations))
 
 
+@pytest.mark.heavy
 def test_anderson_falls_back_when_the_small_system_is_degenerate():
   # All residuals identical: the Gram matrix has rank one. The ridge or the
   # plain-step fallback must keep the iterate finite and still converge.
@@ -367,6 +373,7 @@ def _assert_honest(f, c, y0, y, stats, tol):
   assert not np.any(converged & np.asarray(stats.nonfinite))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 @pytest.mark.parametrize("map_name", sorted(NO_FIXED_POINT))
@@ -414,6 +421,7 @@ def test_repelling_fixed_point_is_found_or_flagged(name):
     np.testing.assert_allclose(np.asarray(y), -1.0, atol=1e-4)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_rotation_with_expansion(name):
   """1.2 R y + c: Picard spirals out; a linear solve finds (I - 1.2 R)^-1 c."""
@@ -450,6 +458,7 @@ def _stiff_linear(dtype, seed=0):
   return a, c, y_star
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_stiff_contraction_with_mixed_scales_converges(name, dtype):
@@ -470,6 +479,7 @@ def test_stiff_contraction_with_mixed_scales_converges(name, dtype):
     np.testing.assert_array_less(np.asarray(error), 2000 * tol)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_far_fixed_point_converges(name, dtype):
@@ -489,6 +499,7 @@ def test_far_fixed_point_converges(name, dtype):
       assert abs(int(jnp.max(stats.iterations)) - expected) <= 1
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_fixed_point_at_zero_is_reached(name):
   """The old ||g|| / ||y|| could never reach tol when y* = 0."""
@@ -521,6 +532,7 @@ def test_atol_is_absolute():
 # tol = 0: exactly max_iter steps.
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_tol_zero_runs_exactly_max_iter(name):
   w = 0.5 * jnp.eye(NF_DIM)
@@ -544,6 +556,7 @@ def test_tol_zero_runs_exactly_max_iter(name):
                                 np.asarray(stats_min.residual))
 
 
+@pytest.mark.heavy
 def test_tol_zero_still_stops_diverged_and_nonfinite_examples():
   def f(p, y, c):
     # Example 0 doubles (diverges), example 1 turns NaN, example 2 contracts.
@@ -590,6 +603,7 @@ def test_divergence_factor_none_disables_the_flag():
 # The same rule in every entry point.
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 @pytest.mark.parametrize("map_name", ("sin", "spiral"))
 def test_solve_and_unrolled_solve_agree_on_diverging_maps(map_name, name):

@@ -47,6 +47,7 @@ def train_state(seed=0):
           "step": jnp.array(seed + 7, jnp.int32)}
 
 
+@pytest.mark.heavy
 def test_round_trip_is_exact(tmp_path):
   state = train_state()
   data_state = {"epoch": 2, "position": 12345, "files": ["a.txt", "b.txt"],
@@ -65,6 +66,7 @@ def test_round_trip_is_exact(tmp_path):
   assert_trees_equal(again, state)
 
 
+@pytest.mark.heavy
 def test_round_trip_of_an_nnx_optimizer(tmp_path):
   model = AttractorLM(TINY, rngs=nnx.Rngs(0))
   opt = nnx.Optimizer(model, optimizers.make_optimizer(

@@ -117,6 +117,7 @@ def test_muon_dimension_numbers_of_attention_weights():
   assert dn(("mlp", "w_in"), 2) == optax.contrib.MuonDimensionNumbers(0, 1)
 
 
+@pytest.mark.heavy
 def test_muon_views_scanned_layers_one_layer_at_a_time():
   dn = optimizers.muon_dimension_numbers
   assert dn(("backbone", "layers", "attn", "wq"), 4) == (
@@ -162,6 +163,7 @@ def test_head_learning_rate_is_scaled():
                              rtol=1e-4)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_weight_decay_groups(name):
   # With zero gradients an update is -lr * wd * param, or zero without decay.
@@ -221,6 +223,7 @@ def test_muon_orthogonalises_matrix_updates():
     assert s.max() / s.min() < 2.0, (name, s)
 
 
+@pytest.mark.heavy
 def test_plain_optax_on_nnx_state_and_config_dict():
   state = nnx.state(tiny_model(), nnx.Param)
   cfg = ml_collections.ConfigDict(dict(name="muon", lr=1e-3, clip_norm=1.0,

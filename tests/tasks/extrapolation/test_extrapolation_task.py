@@ -10,7 +10,6 @@ import pytest
 from flax import nnx
 
 from attractor_jax import errors
-from attractor_jax import evaluate as evaluate_command
 from attractor_jax import models
 from attractor_jax.configs import extrapolation
 from attractor_jax.configs import sudoku
@@ -20,6 +19,8 @@ from attractor_jax.tasks.extrapolation import generators
 from attractor_jax.tasks.extrapolation import task as task_lib
 from attractor_jax.training import tasks
 from attractor_jax.training import trainer
+
+import command_modules
 
 
 def tiny_config(variant="prefix-sums", total_steps=30):
@@ -96,11 +97,14 @@ def test_progressive_loss_draws_from_the_step():
 
 def test_evaluate_flags_apply_only_to_tasks_that_take_them():
   task = tasks.get_task(extrapolation.get_config())
-  assert evaluate_command.task_options(task, ["8", "16"], 40) == {
-      "test_sizes": (8, 16), "max_iter": 40}
-  puzzle = tasks.get_task(sudoku.get_config("tiny"))
-  with pytest.raises(errors.ConfigError, match="--max_iter does not apply"):
-    evaluate_command.task_options(puzzle, None, 40)
+  # The command defines absl flags: imported only for this test, as the
+  # other command tests do.
+  with command_modules.imported("evaluate") as evaluate_command:
+    assert evaluate_command.task_options(task, ["8", "16"], 40) == {
+        "test_sizes": (8, 16), "max_iter": 40}
+    puzzle = tasks.get_task(sudoku.get_config("tiny"))
+    with pytest.raises(errors.ConfigError, match="--max_iter does not apply"):
+      evaluate_command.task_options(puzzle, None, 40)
 
 
 def test_evaluation_scores_exact_solutions_and_pads_short_batches():

@@ -66,6 +66,7 @@ def test_depth_schedule():
     evaluation.depth_schedule(-1)
 
 
+@pytest.mark.heavy
 def test_evaluate_weights_batches_by_their_tokens(model):
   batches = make_batches()
   result = evaluation.evaluate(model, batches)
@@ -83,6 +84,7 @@ def test_evaluate_weights_batches_by_their_tokens(model):
   assert abs(unweighted - expected) > 1e-4  # The weighting matters here.
 
 
+@pytest.mark.heavy
 def test_sweep_rows_and_t0_decodes_the_proposal(model, rows):
   assert [row["T"] for row in rows] == [0, 1, 2, 4]
   for row in rows:
@@ -130,6 +132,7 @@ def test_gpt_evaluates_but_has_no_depth_sweep():
     evaluation.depth_sweep(gpt, make_batches())
 
 
+@pytest.mark.heavy
 def test_looped_sweep_runs_t_loop_steps():
   config = ModelConfig(kind="looped", mean_depth=1, **TINY)
   looped = Looped(config, rngs=nnx.Rngs(0))

@@ -44,6 +44,7 @@ def prompt(length=5):
 
 # (init_only's y + R(y) need not contract, and the cache holds only at a
 # fixed point.)
+@pytest.mark.heavy
 @pytest.mark.parametrize("injection", ("additive", "concat"))
 def test_cached_forward_matches_the_full_forward(model, injection):
   if injection != "additive":

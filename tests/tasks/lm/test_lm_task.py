@@ -31,6 +31,7 @@ def batch(seed=0):
           "segment_ids": jnp.ones((4, SEQ), jnp.int32)}
 
 
+@pytest.mark.heavy
 def test_looped_model_trains_at_a_sampled_depth_with_truncated_backprop():
   model, data = looped_model(), batch()
   task = LMTask(seed=3)
@@ -49,6 +50,7 @@ def test_looped_model_trains_at_a_sampled_depth_with_truncated_backprop():
   assert float(other) != float(loss)
 
 
+@pytest.mark.heavy
 def test_train_step_reports_the_training_mode_loss():
   model = looped_model()
   state = trainer.create_train_state(
@@ -78,6 +80,7 @@ def test_the_cached_train_step_updates_the_state_it_was_built_from():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.heavy
 def test_a_run_prints_validation_and_explains_the_last_word_line(
     tmp_path, capsys, monkeypatch):
   from attractor_jax.tasks.lm import evaluation  # pylint: disable=g-import-not-at-top

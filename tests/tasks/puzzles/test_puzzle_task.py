@@ -18,6 +18,7 @@ from attractor_jax.tasks.puzzles import task as puzzle_task
 from attractor_jax.training import tasks
 
 
+@pytest.mark.heavy
 def test_stablemax_cross_entropy_matches_its_definition():
   rng = np.random.default_rng(0)
   logits = rng.normal(scale=3.0, size=(4, 5, 7)).astype(np.float32)
