@@ -48,7 +48,7 @@ def measure(flags: list[str], steps: int | None) -> dict:
     process.stderr.close()
   return {"wall_s": wall, "peak_gib": usage.ru_maxrss / 2**20,
           "exit": os.waitstatus_to_exitcode(status),
-          "error": stderr.strip().splitlines()[-1:] if status else []}
+          "error": stderr.strip().splitlines()[-2:] if status else []}
 
 
 def main(argv=None) -> int:

@@ -70,6 +70,7 @@ def test_gates_start_at_layer_scale_init():
   assert all(block.attn_gate is None for block in model.backbone)
 
 
+@pytest.mark.heavy
 def test_changing_a_future_token_changes_no_earlier_logit():
   model = build(solve=TIGHT)
   x = tokens()
@@ -152,6 +153,7 @@ def test_logit_softcap_bounds_logits():
   assert float(jnp.max(jnp.abs(out.logits))) <= 2.0
 
 
+@pytest.mark.heavy
 def test_training_steps_reduce_the_loss():
   model = build()
   optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)

@@ -194,6 +194,7 @@ def test_stack_and_unstack_round_trip_exactly():
     block_stack.unstack_layers(params, "backbone")
 
 
+@pytest.mark.heavy
 def test_a_looped_checkpoint_into_a_scanned_model(tmp_path):
   looped = models.build_model(CONFIGS["gpt"], rngs=nnx.Rngs(0))
   scanned = models.build_model(CONFIGS["gpt"].replace(scan_layers=True),

@@ -196,6 +196,7 @@ class LinenModel(nn.Module):
     return nn.Dense(1)(y), stats
 
 
+@pytest.mark.heavy
 def test_linen_init_skips_the_solve_and_apply_runs_it():
   model = LinenModel()
   x = random((2, SEQ, 3))

@@ -176,6 +176,7 @@ def test_implicit_matches_unrolled_float32():
   assert float(jnp.linalg.norm(implicit[1])) > 1e-2
 
 
+@pytest.mark.heavy
 def test_implicit_matches_unrolled_and_closed_form_float64():
   with _x64():
     w, b, x = _problem(jnp.float64)
@@ -369,6 +370,7 @@ def test_pytree_state_gradients_match_unrolled():
   _assert_close(implicit, reference, 1e-5)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("wrap", ["jit_of_grad", "grad_of_jit", "eager"])
 def test_gradient_through_closed_over_value(wrap):
   w, c = _wc()

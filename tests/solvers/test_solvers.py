@@ -62,6 +62,7 @@ def test_reaches_closed_form_fixed_point_of_linear_map(name):
   np.testing.assert_array_less(np.asarray(rel_error), 5e-5)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 def test_reaches_fixed_point_of_tanh_layer(name):
   w, c = tanh_problem()
@@ -686,6 +687,7 @@ def test_backward_solve_without_solution_is_not_converged(name):
   assert bool(jnp.all(jnp.isnan(g_c)))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("backward_solver", SOLVER_NAMES)
 def test_backward_solve_of_expanding_jacobian(backward_solver):
   """A = 1.5 I: Anderson finds y*, but Picard on u = A^T u + v runs off."""

@@ -176,6 +176,7 @@ def test_a_checkpoint_of_another_shape_names_arrays_and_fields(tmp_path):
   assert_trees_equal(restored, state)
 
 
+@pytest.mark.heavy
 def test_partial_restore_reads_only_the_parameters(tmp_path):
   state = train_state()
   with checkpoints.Checkpointer(tmp_path) as ckpt:
@@ -323,6 +324,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.heavy
 def test_a_process_killed_mid_save_leaves_the_previous_step(tmp_path):
   result = subprocess.run([sys.executable, "-c", _KILL_MID_SAVE,
                            str(tmp_path)], capture_output=True, text=True,

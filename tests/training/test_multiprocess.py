@@ -111,7 +111,7 @@ def test_only_process_zero_writes_and_both_print_the_same_sample(runs,
   samples = [out.split("Sample:")[-1].strip() for out in stdouts]
   assert samples[0] and samples[0] == samples[1]
   # Last-word accuracy over global batches assembled from both processes.
-  words = [out.split("Held-out last words: ")[1].split("\n")[0]
+  words = [out.split("Held-out last words (")[1].split("\n")[0]
            for out in stdouts]
   assert words[0] == words[1] and "over 0 words" not in words[0]
   with open(os.path.join(shared, "eval", "last_word.json"),

@@ -126,6 +126,7 @@ def test_decoding_past_a_full_cache_is_an_error(small_model):
     model.forward_cached(tokens[:, 4:5], full)
 
 
+@pytest.mark.heavy
 def test_generate_raises_when_a_cache_overflowed(small_model, monkeypatch):
   init_cache = small_model.init_cache
 

@@ -110,6 +110,7 @@ def _aux(steps, q_halt):
       aux_loss=None, stats=None)
 
 
+@pytest.mark.heavy
 def test_slots_halt_at_the_last_segment_or_when_the_head_says_so():
   task = _task()
   state = task.next_state({}, _aux([1, 2, 4, 1], [-1.0, 1.0, -1.0, -1.0]),

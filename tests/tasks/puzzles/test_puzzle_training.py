@@ -104,7 +104,7 @@ def test_evaluation_reads_the_weight_average(straight, capsys):
   result = task.evaluate_workdir(config, workdir, trained, assets)
   assert result["test"]["count"] == TEST_PUZZLES
   assert "exact accuracy" in capsys.readouterr().out
-  with pytest.raises(errors.ConfigError, match="whole test set"):
+  with pytest.raises(errors.ConfigError, match="config.test_examples"):
     task.evaluate_workdir(config, workdir, trained, assets, eval_batches=2)
 
 
